@@ -1,0 +1,98 @@
+"""The typed configuration of a MEGAN network and its named presets.
+
+A configuration is stored inside every weights file, so a weights file alone
+rebuilds the network that made it (see `stvsr_cli.weights`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import StvsrError
+
+
+@dataclass(frozen=True)
+class MEGANConfig:
+    """Sizes of a MEGAN network; the defaults are the paper's (You et al., sec. 3.6).
+
+    The spatial scale is fixed at 4 (two x2 PixelShuffle stages, sec. 3.4) and
+    the temporal scale at 2: `input_frames` (n + 1) LR frames give 2n + 1 HR frames.
+    """
+
+    channels: int = 64  # nf, the width of every feature map
+    input_frames: int = 4  # n + 1 LR frames in, 2n + 1 HR frames out
+    nonlocal_blocks: int = 3  # m1: conv layers with a non-local residual block each (sec. 3.1)
+    attention_window: int = 32  # non-local attention window on the LR feature map (the training crop)
+    deformable_groups: int = 8  # as in Zooming Slow-Mo
+    memory_size: int = 4  # tau: frames in LMGA's global pool (sec. 3.3)
+    graph_layers: int = 2  # K: graph convolution layers in LMGA (eq. 13)
+    fusion_blocks: int = 5  # m2: progressive fusion residual dense blocks (sec. 3.4)
+    residual_blocks: int = 20  # m3: residual blocks before upsampling (sec. 3.4)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.channels < 2 or self.channels % 2:
+            problems.append(f"channels must be an even number >= 2 (got {self.channels})")
+        if self.deformable_groups < 1 or self.channels % self.deformable_groups:
+            problems.append(
+                f"channels ({self.channels}) must be a multiple of deformable_groups ({self.deformable_groups})"
+            )
+        if self.input_frames < 2:
+            problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
+        if not 1 <= self.memory_size <= self.output_frames:
+            problems.append(f"memory_size must be between 1 and {self.output_frames} (got {self.memory_size})")
+        if self.attention_window < 1:
+            problems.append(f"attention_window must be positive (got {self.attention_window})")
+        for name in ("nonlocal_blocks", "graph_layers", "fusion_blocks", "residual_blocks"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative (got {getattr(self, name)})")
+        if problems:
+            raise StvsrError("invalid MEGAN configuration: " + "; ".join(problems))
+
+    @property
+    def output_frames(self) -> int:
+        """2n + 1: the input frames and one new frame between each pair."""
+        return 2 * self.input_frames - 1
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MEGANConfig:
+        """Rebuild a configuration, refusing fields this version does not know."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise StvsrError(
+                f"unknown MEGAN configuration fields {unknown}: the weights were made by a newer stvsr; upgrade stvsr"
+            )
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in values.values()):
+            raise StvsrError(f"MEGAN configuration values must be integers, got {values}")
+        return cls(**values)
+
+    @classmethod
+    def preset(cls, name: str) -> MEGANConfig:
+        try:
+            return PRESETS[name]
+        except KeyError:
+            raise StvsrError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+PRESETS: dict[str, MEGANConfig] = {
+    # The paper's network: 10.5 M parameters against the reported 10.7 M.
+    "paper": MEGANConfig(),
+    # Half the width and half the depth, for machines without a GPU.
+    "small": MEGANConfig(channels=32, deformable_groups=4, fusion_blocks=3, residual_blocks=10),
+    # Every block present once, at a width that runs in milliseconds: for tests.
+    "tiny": MEGANConfig(
+        channels=8,
+        nonlocal_blocks=1,
+        attention_window=16,
+        deformable_groups=2,
+        graph_layers=1,
+        fusion_blocks=1,
+        residual_blocks=1,
+    ),
+}

@@ -1,0 +1,109 @@
+"""The inference contract: everything between "frames in" and "frames out".
+
+`Upscaler` is the one object that knows the network's value range, the size
+multiple it needs (padding and cropping), the device and the precision.
+Code outside it hands over frames and never thinks about padding again.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import StvsrError
+from .megan import MEGAN
+from .weights import load_model
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' (the GPU when there is one), 'cpu', 'cuda' or 'cuda:N', checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StvsrError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StvsrError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise StvsrError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise StvsrError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """'auto' is reduced precision on a GPU (bf16 where supported) and fp32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise StvsrError(f"unknown precision {name!r}; use auto, {', '.join(PRECISIONS)}") from None
+
+
+class Upscaler:
+    """Runs MEGAN on frames of any size.
+
+    Call it with a window of n + 1 LR frames, (B, n+1, 3, H, W) or
+    (n+1, 3, H, W), as floats in [0, 1] or uint8 in [0, 255], on any device.
+    It returns the 2n + 1 HR frames, (B, 2n+1, 3, 4H, 4W) (or unbatched),
+    float32 in [0, 1] on `self.device`. Sizes the network cannot take are
+    padded by repeating the edge pixels and cropped back after; reduced
+    precision runs under autocast, with the weights kept in fp32.
+    """
+
+    def __init__(self, model: MEGAN, device: str = "auto", precision: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+
+    @classmethod
+    def from_weights(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Upscaler:
+        return cls(load_model(path), device=device, precision=precision)
+
+    @property
+    def input_frames(self) -> int:
+        return self.model.config.input_frames
+
+    @property
+    def output_frames(self) -> int:
+        return self.model.config.output_frames
+
+    @property
+    def scale(self) -> int:
+        return self.model.scale
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        unbatched = frames.dim() == 4
+        if unbatched:
+            frames = frames.unsqueeze(0)
+        if frames.dim() != 5 or frames.shape[1] != self.input_frames or frames.shape[2] != 3:
+            raise ValueError(
+                f"expected frames shaped (B, {self.input_frames}, 3, H, W) or ({self.input_frames}, 3, H, W), "
+                f"got {tuple(frames.shape)}"
+            )
+        frames = frames.to(self.device, non_blocking=True)
+        frames = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+
+        b, n1, _, h, w = frames.shape
+        multiple = self.model.size_multiple
+        pad_h, pad_w = -h % multiple, -w % multiple
+        if pad_h or pad_w:
+            frames = F.pad(frames.flatten(0, 1), (0, pad_w, 0, pad_h), mode="replicate").unflatten(0, (b, n1))
+
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            output = self.model(frames)[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
+        return output[0] if unbatched else output

@@ -1,0 +1,18 @@
+"""Reusable building blocks: any network made of convolutions, residual blocks,
+windowed non-local attention or deformable alignment can use them. The MEGAN
+network in `stvsr_cli.megan` composes them."""
+
+from .attention import NonLocalBlock
+from .common import ConvLSTMCell, ResidualBlock, conv3x3, leaky_relu
+from .deformable import FeaturePyramid, ModulatedDeformConv, PCDAlignment
+
+__all__ = [
+    "ConvLSTMCell",
+    "FeaturePyramid",
+    "ModulatedDeformConv",
+    "NonLocalBlock",
+    "PCDAlignment",
+    "ResidualBlock",
+    "conv3x3",
+    "leaky_relu",
+]

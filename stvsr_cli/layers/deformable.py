@@ -1,0 +1,119 @@
+"""Deformable alignment: modulated deformable convolution and the PCD module."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import deform_conv2d
+
+from .common import LEAKY_SLOPE, conv3x3, leaky_relu
+
+PYRAMID_LEVELS = 3  # full, 1/2 and 1/4 size, as in EDVR and Zooming Slow-Mo
+
+
+class ModulatedDeformConv(nn.Module):
+    """A 3x3 modulated deformable convolution (DCNv2, Zhu et al. 2019).
+
+    Its sampling offsets and modulation masks come from a separate "offset
+    feature" through a 3x3 convolution, as in EDVR's and Zooming Slow-Mo's
+    `DCN_sep`. That convolution starts at zero: offsets 0 and masks
+    sigmoid(0) = 0.5, so training starts from an ordinary (halved) convolution.
+    The sampling itself is `torchvision.ops.deform_conv2d`.
+    """
+
+    def __init__(self, channels: int, offset_channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.conv = conv3x3(channels, channels)  # holds the weight and bias that deform_conv2d applies
+        self.offset_mask = conv3x3(offset_channels, 3 * groups * 9)  # (dy, dx, mask) per group and tap
+        nn.init.zeros_(self.offset_mask.weight)
+        nn.init.zeros_(self.offset_mask.bias)
+
+    def forward(self, x: Tensor, offset_feature: Tensor) -> Tensor:
+        # (N, 27 G, H, W) -> offsets (N, 18 G, H, W) and masks (N, 9 G, H, W)
+        offset, mask = self.offset_mask(offset_feature).split([18 * self.groups, 9 * self.groups], dim=1)
+        return deform_conv2d(
+            x, offset, self.conv.weight, self.conv.bias, padding=1, mask=torch.sigmoid(mask)
+        )
+
+
+class FeaturePyramid(nn.Module):
+    """Features at full, half and quarter size: two stride-2 conv pairs (EDVR)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.down = nn.ModuleList(
+            nn.Sequential(conv3x3(channels, channels, stride=2), nn.LeakyReLU(LEAKY_SLOPE), conv3x3(channels, channels))
+            for _ in range(PYRAMID_LEVELS - 1)
+        )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """(N, C, H, W) -> [(N, C, H, W), (N, C, H/2, W/2), (N, C, H/4, W/4)]; H, W multiples of 4."""
+        levels = [x]
+        for down in self.down:
+            levels.append(leaky_relu(down(levels[-1])))
+        return levels
+
+
+class _PCDLevel(nn.Module):
+    """One pyramid level of PCD: offsets from [source, reference], refined by the
+    coarser level's offset feature, then deformable sampling of the source."""
+
+    def __init__(self, channels: int, groups: int, coarsest: bool) -> None:
+        super().__init__()
+        self.offset_in = conv3x3(2 * channels, channels)
+        self.offset_cascade = None if coarsest else conv3x3(2 * channels, channels)
+        self.offset_out = conv3x3(channels, channels)
+        self.deform = ModulatedDeformConv(channels, channels, groups)
+        self.feature_cascade = None if coarsest else conv3x3(2 * channels, channels)
+
+    def forward(
+        self,
+        source: Tensor,
+        reference: Tensor,
+        coarser: tuple[Tensor, Tensor] | None,
+        activate: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Returns (aligned source, offset feature) at this level."""
+        offset = leaky_relu(self.offset_in(torch.cat([source, reference], dim=1)))
+        if coarser is not None:
+            coarse_offset, coarse_aligned = coarser
+            # Offsets measured at half the resolution are half as long: upsample and double them.
+            up_offset = 2 * F.interpolate(coarse_offset, scale_factor=2, mode="bilinear", align_corners=False)
+            offset = leaky_relu(self.offset_cascade(torch.cat([offset, up_offset], dim=1)))
+        offset = leaky_relu(self.offset_out(offset))
+
+        aligned = self.deform(source, offset)
+        if coarser is None:
+            return leaky_relu(aligned), offset
+        up_aligned = F.interpolate(coarse_aligned, scale_factor=2, mode="bilinear", align_corners=False)
+        aligned = self.feature_cascade(torch.cat([aligned, up_aligned], dim=1))
+        return (leaky_relu(aligned) if activate else aligned), offset
+
+
+class PCDAlignment(nn.Module):
+    """Pyramid, Cascading and Deformable alignment (EDVR, Wang et al. 2019).
+
+    Aligns `source` to `reference`, both given as `FeaturePyramid` outputs:
+    at the quarter-size level, offsets are estimated from the two features and
+    the source is sampled with a modulated deformable convolution; each finer
+    level refines the coarser level's offsets and features (the cascade).
+    As in Zooming Slow-Mo, without EDVR's extra cascading stage after the full
+    size level.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        # levels[0] is full size, levels[-1] the coarsest
+        self.levels = nn.ModuleList(
+            _PCDLevel(channels, groups, coarsest=i == PYRAMID_LEVELS - 1) for i in range(PYRAMID_LEVELS)
+        )
+
+    def forward(self, source: list[Tensor], reference: list[Tensor]) -> Tensor:
+        """Pyramids of (N, C, H / 2^l, W / 2^l) -> the aligned source (N, C, H, W)."""
+        coarser = None
+        for index in reversed(range(PYRAMID_LEVELS)):
+            aligned, offset = self.levels[index](source[index], reference[index], coarser, activate=index > 0)
+            coarser = (offset, aligned)
+        return aligned

@@ -1,0 +1,340 @@
+"""MEGAN: Memory Enhanced Graph Attention Network for space-time video
+super-resolution (You, Chen, Wang, Zhu, Liu; WACV 2022), built on Zooming
+Slow-Mo (Xiang et al., CVPR 2020, "ZSM" below).
+
+n + 1 low-resolution (LR) frames in, 2n + 1 frames at 4x the width and height
+out: the inputs at the even output indices and a new frame between each pair.
+The blocks below appear in the order data flows through them (paper sec. 3):
+
+    frames (B, n+1, 3, H, W)
+      -> ResidualNonLocalAttention            sec. 3.1, eqs. 1-3
+      -> FrameFeatureInterpolation            sec. 3.2, eqs. 4-6     n+1 -> 2n+1 features
+      -> BidirectionalDeformableConvLSTM      sec. 3.3, eqs. 7-11
+      -> LongRangeMemoryGraphAggregation      sec. 3.3, eqs. 12-13
+      -> ProgressiveFusionReconstruction      sec. 3.4
+    frames (B, 2n+1, 3, 4H, 4W)
+
+This file only builds the network; weights are loaded by `stvsr_cli.weights`
+and the inference contract (range, padding, device, precision) is owned by
+`stvsr_cli.inference.Upscaler`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import MEGANConfig
+from .layers import (
+    ConvLSTMCell,
+    FeaturePyramid,
+    NonLocalBlock,
+    PCDAlignment,
+    ResidualBlock,
+    conv3x3,
+    leaky_relu,
+)
+from .layers.common import LEAKY_SLOPE
+
+
+class ResidualNonLocalAttention(nn.Module):
+    """Shallow features and the residual non-local attention module (sec. 3.1).
+
+    A 3x3 convolution from RGB, then m1 layers of a 3x3 convolution followed
+    by a non-local residual block with dot-product similarity (eqs. 1-3).
+    """
+
+    def __init__(self, channels: int, blocks: int, window: int) -> None:
+        super().__init__()
+        self.shallow = conv3x3(3, channels)
+        self.body = nn.Sequential(
+            *(
+                nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(LEAKY_SLOPE), NonLocalBlock(channels, window))
+                for _ in range(blocks)
+            )
+        )
+
+    def forward(self, frames: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, C, H, W)"""
+        return self.body(leaky_relu(self.shallow(frames)))
+
+
+class DeformableFeatureBlend(nn.Module):
+    """Deformable sampling of two features towards each other, linearly blended.
+
+        a' = DConv(a, g_a([a, b])),  b' = DConv(b, g_b([b, a])),  out = C_a(a') + C_b(b')
+
+    g_a and g_b are PCD offset estimators over a feature pyramid; C_a and C_b
+    are 1x1 convolutions, applied together as one 1x1 convolution over [a', b'].
+    This is the frame feature interpolation of eqs. 4-6 (ZSM eqs. 1-4), and
+    ZSM's released code uses the same block to align the ConvLSTM states.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.pyramid = FeaturePyramid(channels)
+        self.align_a = PCDAlignment(channels, groups)  # g_a and DConv: a sampled towards b
+        self.align_b = PCDAlignment(channels, groups)  # g_b and DConv: b sampled towards a
+        self.blend = nn.Conv2d(2 * channels, channels, 1)  # [C_a, C_b]
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """Two (N, C, H, W) features, H and W multiples of 4 -> (N, C, H, W)."""
+        pyramid_a, pyramid_b = self.pyramid(a), self.pyramid(b)
+        sampled_a = self.align_a(pyramid_a, pyramid_b)  # eqs. 4-5
+        sampled_b = self.align_b(pyramid_b, pyramid_a)
+        return self.blend(torch.cat([sampled_a, sampled_b], dim=1))  # eq. 6
+
+
+class FrameFeatureInterpolation(nn.Module):
+    """Frame feature temporal interpolation (sec. 3.2; ZSM sec. 3.2).
+
+    Synthesises the feature of the missing frame between every pair of
+    neighbouring LR features, so n + 1 features become 2n + 1.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.interpolate = DeformableFeatureBlend(channels, groups)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, n+1, C, H, W) -> (B, 2n+1, C, H, W), inputs at the even indices."""
+        b, n1, c, h, w = features.shape
+        # all n neighbouring pairs in one batch: (B * n, C, H, W) each
+        earlier = features[:, :-1].flatten(0, 1)
+        later = features[:, 1:].flatten(0, 1)
+        between = self.interpolate(earlier, later).view(b, n1 - 1, c, h, w)
+        interleaved = torch.stack([features[:, :-1], between], dim=2).flatten(1, 2)  # (B, 2n, C, H, W)
+        return torch.cat([interleaved, features[:, -1:]], dim=1)
+
+
+class BidirectionalDeformableConvLSTM(nn.Module):
+    """Bidirectional deformable ConvLSTM (sec. 3.3, eqs. 7-11; ZSM sec. 3.3).
+
+    At each step the previous hidden and cell states are aligned to the
+    current input feature before an ordinary ConvLSTM step:
+        h' = align_h(h_{t-1}, F_t),  c' = align_c(c_{t-1}, F_t)     eqs. 7-10
+        h_t, c_t = ConvLSTM(h', c', F_t)                            eq. 11
+    The paper's g^h and g^c are PCD modules; following ZSM's released code,
+    each alignment is a `DeformableFeatureBlend` of the state and the input
+    (the state sampled towards the input, as eq. 9 writes, blended with the
+    input sampled towards the state). This is what makes ZSM's 5.06 M
+    ConvLSTM parameters, and MEGAN's 10.7 M in all, add up.
+
+    The forward and backward passes share weights (as in ZSM), so they run as
+    one batch of 2B sequences; a 1x1 convolution merges their hidden states.
+    """
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.align_hidden = DeformableFeatureBlend(channels, groups)  # g^h, eqs. 7 and 9
+        self.align_cell = DeformableFeatureBlend(channels, groups)  # g^c, eqs. 8 and 10
+        self.step = ConvLSTMCell(channels)  # eq. 11
+        self.merge = nn.Conv2d(2 * channels, channels, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T, C, H, W)"""
+        batch, steps = features.shape[:2]
+        sequences = torch.cat([features, features.flip(1)])  # (2B, T, C, H, W): forward and backward
+        hidden = torch.zeros_like(sequences[:, 0])
+        cell = torch.zeros_like(hidden)
+        outputs = []
+        for t in range(steps):
+            x = sequences[:, t]
+            hidden, cell = self.step(x, self.align_hidden(hidden, x), self.align_cell(cell, x))
+            outputs.append(hidden)
+        forward, backward = torch.stack(outputs, dim=1).split(batch)
+        both = torch.cat([forward, backward.flip(1)], dim=2)  # (B, T, 2C, H, W)
+        return self.merge(both.flatten(0, 1)).view_as(features)
+
+
+class MemoryGraphLayer(nn.Module):
+    """One graph layer of LMGA (eq. 13), over the T frame features as nodes.
+
+        A_pq = softmax_q(phi(|E_p - E_q|)),  E_p <- LeakyReLU(theta * sum_q A_pq E_q)
+
+    phi is two stacked 3x3 convolutions down to one channel and theta a 3x3
+    convolution. Choice the paper leaves open: an edge weight here is one
+    number per pair of frames *per pixel*, not one pooled number per pair.
+    Motion is local: a moving object and its static background relate to the
+    other frames differently, and a per-pixel softmax lets each position draw
+    on the frames that match it. The cost is small, since |E_p - E_q| is
+    symmetric and phi runs once per unordered pair (T (T + 1) / 2 of them).
+    """
+
+    def __init__(self, channels: int, nodes: int) -> None:
+        super().__init__()
+        self.edge = nn.Sequential(
+            conv3x3(channels, channels // 2), nn.LeakyReLU(LEAKY_SLOPE), conv3x3(channels // 2, 1)
+        )  # phi
+        self.theta = conv3x3(channels, channels)
+        first, second = torch.triu_indices(nodes, nodes)  # unordered pairs, diagonal included
+        pair_of = torch.empty(nodes, nodes, dtype=torch.long)
+        pair_of[first, second] = torch.arange(first.numel())
+        pair_of[second, first] = torch.arange(first.numel())
+        self.register_buffer("first", first, persistent=False)
+        self.register_buffer("second", second, persistent=False)
+        self.register_buffer("pair_of", pair_of, persistent=False)  # (T, T) -> pair index
+
+    def forward(self, nodes: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T, C, H, W)"""
+        b, t, c, h, w = nodes.shape
+        difference = (nodes[:, self.first] - nodes[:, self.second]).abs()  # (B, P, C, H, W)
+        pair_logits = self.edge(difference.flatten(0, 1)).view(b, -1, h, w)  # (B, P, H, W)
+        adjacency = pair_logits[:, self.pair_of].softmax(dim=2)  # (B, T, T, H, W), rows sum to 1
+        messages = torch.einsum("bpqhw,bqchw->bpchw", adjacency, nodes)
+        return leaky_relu(self.theta(messages.flatten(0, 1))).view_as(nodes)
+
+
+class LongRangeMemoryGraphAggregation(nn.Module):
+    """Long-range memory graph aggregation, LMGA (sec. 3.3, eqs. 12-13).
+
+    The local pool is the T = 2n + 1 ConvLSTM features; the global pool, the
+    "memory", is tau of them. N_g (three convolutions) fuses every local
+    feature with the whole memory (eq. 12); K graph layers then pass messages
+    between the frames (eq. 13), and two convolutions refine each node.
+
+    Choices the paper leaves open: the memory is drawn at random while
+    training (as the paper says) but is a fixed, evenly spaced choice at
+    inference, so the output is deterministic; for n = 3 and tau = 4 that is
+    frames 0, 2, 4, 6, the ones seen in the input. The memory is always kept
+    in time order, so N_g sees the same ordering in training and inference.
+    The refined features are added to the ConvLSTM features (a residual
+    connection), so the module learns a correction of its input.
+    """
+
+    def __init__(self, channels: int, frames: int, memory_size: int, graph_layers: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.memory_size = memory_size
+        self.aggregate = nn.Sequential(  # N_g
+            conv3x3((1 + memory_size) * channels, channels),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            conv3x3(channels, channels),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            conv3x3(channels, channels),
+        )
+        self.graph = nn.ModuleList(MemoryGraphLayer(channels, frames) for _ in range(graph_layers))
+        self.refine = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(LEAKY_SLOPE), conv3x3(channels, channels))
+        evenly_spaced = torch.linspace(0, frames - 1, memory_size).round().long()
+        self.register_buffer("inference_memory", evenly_spaced, persistent=False)
+
+    def memory_indices(self) -> Tensor:
+        if self.training:
+            return torch.randperm(self.frames)[: self.memory_size].sort().values.to(self.inference_memory.device)
+        return self.inference_memory
+
+    def forward(self, local: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T, C, H, W)"""
+        b, t, c, h, w = local.shape
+        memory = local[:, self.memory_indices()].flatten(1, 2)  # (B, tau * C, H, W)
+        enriched = torch.cat([local, memory.unsqueeze(1).expand(b, t, -1, h, w)], dim=2)
+        nodes = self.aggregate(enriched.flatten(0, 1)).view_as(local)  # eq. 12
+        for layer in self.graph:  # eq. 13, K times
+            nodes = layer(nodes)
+        return local + self.refine(nodes.flatten(0, 1)).view_as(local)
+
+
+class ProgressiveFusionBlock(nn.Module):
+    """Progressive fusion residual dense block, PFRDB (sec. 3.4; PFNL, Yi et al. 2019).
+
+    Every frame's features through a 3x3 convolution; all frames fused by a
+    1x1 convolution over their concatenation; each frame's own and the fused
+    features merged by a 3x3 convolution; a residual connection per frame.
+    Unlike PFNL, the per-frame convolutions share their weights across frames:
+    separate ones would add 3.3 M parameters and break the paper's 10.7 M.
+    """
+
+    def __init__(self, channels: int, frames: int) -> None:
+        super().__init__()
+        self.own = conv3x3(channels, channels)
+        self.fuse = nn.Conv2d(frames * channels, channels, 1)
+        self.merge = conv3x3(2 * channels, channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T, C, H, W)"""
+        b, t, c, h, w = x.shape
+        own = leaky_relu(self.own(x.flatten(0, 1))).view_as(x)
+        fused = leaky_relu(self.fuse(own.flatten(1, 2)))  # (B, C, H, W)
+        both = torch.cat([own, fused.unsqueeze(1).expand(b, t, c, h, w)], dim=2)
+        return x + leaky_relu(self.merge(both.flatten(0, 1))).view_as(x)
+
+
+class ProgressiveFusionReconstruction(nn.Module):
+    """Progressive fusion reconstruction (sec. 3.4).
+
+    m2 progressive fusion blocks across frames, m3 residual blocks per frame,
+    two x2 PixelShuffle stages and a last convolution to RGB (as in ZSM).
+    """
+
+    def __init__(self, channels: int, frames: int, fusion_blocks: int, residual_blocks: int) -> None:
+        super().__init__()
+        self.fusion = nn.Sequential(*(ProgressiveFusionBlock(channels, frames) for _ in range(fusion_blocks)))
+        self.body = nn.Sequential(*(ResidualBlock(channels) for _ in range(residual_blocks)))
+        self.upsample = nn.Sequential(
+            conv3x3(channels, 4 * channels),
+            nn.PixelShuffle(2),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            conv3x3(channels, 4 * channels),
+            nn.PixelShuffle(2),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            conv3x3(channels, channels),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            conv3x3(channels, 3),
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(B, T, C, H, W) -> (B, T, 3, 4H, 4W)"""
+        b, t = features.shape[:2]
+        per_frame = self.body(self.fusion(features).flatten(0, 1))
+        frames = self.upsample(per_frame)
+        return frames.view(b, t, *frames.shape[1:])
+
+
+class MEGAN(nn.Module):
+    """The whole network: (B, n+1, 3, H, W) -> (B, 2n+1, 3, 4H, 4W).
+
+    Values are nominally in [0, 1] but not clamped here. H and W must be
+    multiples of `size_multiple` (the feature pyramid halves them twice);
+    `stvsr_cli.inference.Upscaler` pads any other size and crops the result.
+    """
+
+    scale = 4
+    size_multiple = 4
+
+    def __init__(self, config: MEGANConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or MEGANConfig()
+        c, groups, frames = config.channels, config.deformable_groups, config.output_frames
+        self.attention = ResidualNonLocalAttention(c, config.nonlocal_blocks, config.attention_window)
+        self.interpolation = FrameFeatureInterpolation(c, groups)
+        self.convlstm = BidirectionalDeformableConvLSTM(c, groups)
+        self.lmga = LongRangeMemoryGraphAggregation(c, frames, config.memory_size, config.graph_layers)
+        self.reconstruction = ProgressiveFusionReconstruction(
+            c, frames, config.fusion_blocks, config.residual_blocks
+        )
+
+    def forward(self, frames: Tensor) -> Tensor:
+        self._check_input(frames)
+        b, n1, _, h, w = frames.shape
+        features = self.attention(frames.flatten(0, 1)).view(b, n1, -1, h, w)  # (B, n+1, C, H, W)
+        features = self.interpolation(features)  # (B, 2n+1, C, H, W)
+        features = self.convlstm(features)
+        features = self.lmga(features)
+        return self.reconstruction(features)  # (B, 2n+1, 3, 4H, 4W)
+
+    def _check_input(self, frames: Tensor) -> None:
+        expected = f"(B, {self.config.input_frames}, 3, H, W) with H and W multiples of {self.size_multiple}"
+        if frames.dim() != 5 or frames.shape[1] != self.config.input_frames or frames.shape[2] != 3:
+            raise ValueError(f"MEGAN takes frames shaped {expected}, got {tuple(frames.shape)}")
+        if frames.shape[-2] % self.size_multiple or frames.shape[-1] % self.size_multiple:
+            raise ValueError(
+                f"MEGAN takes frames shaped {expected}, got {tuple(frames.shape)}; "
+                "stvsr_cli.Upscaler pads other sizes"
+            )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per stage of the network, in data-flow order."""
+        return {name: sum(p.numel() for p in child.parameters()) for name, child in self.named_children()}

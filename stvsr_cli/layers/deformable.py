@@ -33,9 +33,18 @@ class ModulatedDeformConv(nn.Module):
     def forward(self, x: Tensor, offset_feature: Tensor) -> Tensor:
         # (N, 27 G, H, W) -> offsets (N, 18 G, H, W) and masks (N, 9 G, H, W)
         offset, mask = self.offset_mask(offset_feature).split([18 * self.groups, 9 * self.groups], dim=1)
-        return deform_conv2d(
-            x, offset, self.conv.weight, self.conv.bias, padding=1, mask=torch.sigmoid(mask)
-        )
+        # Sampling runs in fp32 even under autocast: reduced-precision offsets
+        # misplace samples on large maps, and torchvision has no bf16 kernel.
+        with torch.autocast(x.device.type, enabled=False):
+            out = deform_conv2d(
+                x.float(),
+                offset.float(),
+                self.conv.weight.float(),
+                self.conv.bias.float(),
+                padding=1,
+                mask=torch.sigmoid(mask.float()),
+            )
+        return out.to(x.dtype)
 
 
 class FeaturePyramid(nn.Module):

@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from stvsr_cli import MEGAN, PRESETS
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_model() -> MEGAN:
+    return MEGAN(PRESETS["tiny"]).eval()
+
+
+def perturb_zero_initialised(model: torch.nn.Module, scale: float = 0.01) -> None:
+    """Give the layers that start at zero (deformable offset/mask heads, the
+    non-local W_z) small random weights, as after some training: sampling
+    positions really move and gradients reach the layers behind them."""
+    from stvsr_cli.layers import ModulatedDeformConv, NonLocalBlock
+
+    for module in model.modules():
+        if isinstance(module, ModulatedDeformConv):
+            torch.nn.init.normal_(module.offset_mask.weight, std=scale)
+            torch.nn.init.normal_(module.offset_mask.bias, std=scale * 10)
+        if isinstance(module, NonLocalBlock):
+            torch.nn.init.normal_(module.w_z.weight, std=scale * 10)

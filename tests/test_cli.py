@@ -1,0 +1,96 @@
+"""The command line: help, version, and one-line errors."""
+
+import click
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stvsr_cli import PRESETS, MEGAN, WeightsError, __version__, save_weights
+from stvsr_cli.cli import main
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_version(runner):
+    result = runner.invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"stvsr, version {__version__}"
+
+
+def test_every_command_has_help_with_an_example(runner):
+    assert runner.invoke(main, ["--help"]).exit_code == 0
+    for name, command in main.commands.items():
+        assert command.help, f"{name} has no help text"
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0
+        assert "Example" in result.output, f"{name} --help shows no example"
+
+
+def test_info_for_a_preset(runner):
+    result = runner.invoke(main, ["info", "--preset", "paper"])
+    assert result.exit_code == 0, result.output
+    assert "10,532,949" in result.output.replace("\n", "") or "10.53 M" in result.output
+    assert "convlstm" in result.output
+
+
+def test_info_for_a_weights_file(runner, tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    save_weights(MEGAN(PRESETS["tiny"]), path)
+    result = runner.invoke(main, ["info", "--weights", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{MEGAN(PRESETS['tiny']).num_parameters():,}" in result.output
+
+
+def test_bad_weights_file_gives_one_line_and_no_traceback(runner, tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"definitely not weights")
+    result = runner.invoke(main, ["info", "--weights", str(path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stvsr: error:") and "not a stvsr weights file" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_exception(runner, tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"definitely not weights")
+    result = runner.invoke(main, ["--debug", "info", "--weights", str(path)])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, WeightsError)
+
+
+def test_info_needs_exactly_one_source(runner):
+    result = runner.invoke(main, ["info"])
+    assert result.exit_code == 1
+    assert "give exactly one of --preset or --weights" in result.output
+
+
+def test_unknown_preset_is_a_usage_error(runner):
+    result = runner.invoke(main, ["info", "--preset", "huge"])
+    assert result.exit_code == 2
+    assert "huge" in result.output
+
+
+def test_unexpected_errors_are_one_line_too(runner, monkeypatch):
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("stvsr_cli.cli.MEGAN", explode)
+    result = runner.invoke(main, ["info", "--preset", "tiny"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "stvsr: unexpected RuntimeError: boom. Run again with `stvsr --debug ...` for the traceback and report it."
+    ]
+
+
+def test_ctrl_c_exits_130(runner, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("stvsr_cli.cli.MEGAN", interrupt)
+    result = runner.invoke(main, ["info", "--preset", "tiny"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output

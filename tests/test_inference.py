@@ -1,0 +1,91 @@
+"""The inference contract: any size in, range [0, 1] out, device and precision."""
+
+import pytest
+import torch
+
+from conftest import perturb_zero_initialised
+from stvsr_cli import StvsrError, Upscaler, save_weights
+from stvsr_cli.inference import resolve_device, resolve_precision
+
+
+@pytest.fixture
+def upscaler(tiny_model) -> Upscaler:
+    perturb_zero_initialised(tiny_model)
+    return Upscaler(tiny_model, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("size", [(13, 17), (1, 1), (6, 9), (36, 60)])
+def test_any_size_is_padded_and_cropped(upscaler, size):
+    out = upscaler(torch.rand(1, 4, 3, *size))
+    assert out.shape == (1, 7, 3, 4 * size[0], 4 * size[1])
+    assert out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1
+
+
+def test_sizes_the_network_takes_are_passed_through_unchanged(upscaler):
+    x = torch.rand(2, 4, 3, 8, 12)
+    with torch.inference_mode():
+        expected = upscaler.model(x).clamp(0, 1)
+    assert torch.equal(upscaler(x), expected)
+
+
+def test_padding_only_touches_the_border(upscaler):
+    """Far from the padded edge, an odd-sized frame gives what the full frame gives."""
+    x = torch.rand(1, 4, 3, 16, 16)
+    full, cropped = upscaler(x), upscaler(x[..., :15, :15])
+    torch.testing.assert_close(cropped[..., :16, :16], full[..., :16, :16])
+
+
+def test_unbatched_and_uint8_input(upscaler):
+    x = torch.randint(0, 256, (4, 3, 9, 10), dtype=torch.uint8)
+    out = upscaler(x)
+    assert out.shape == (7, 3, 36, 40)
+    torch.testing.assert_close(out, upscaler(x.float().unsqueeze(0) / 255)[0])
+
+
+def test_wrong_window_length_is_refused(upscaler):
+    with pytest.raises(ValueError, match=r"\(B, 4, 3, H, W\)"):
+        upscaler(torch.rand(1, 5, 3, 8, 8))
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(tiny_model):
+    perturb_zero_initialised(tiny_model)
+    x = torch.rand(1, 4, 3, 12, 12)
+    fp32 = Upscaler(tiny_model, device="cpu", precision="fp32")(x)
+    bf16 = Upscaler(tiny_model, device="cpu", precision="bf16")(x)
+    assert bf16.dtype == torch.float32
+    assert (bf16 - fp32).abs().max() < 0.05
+
+
+def test_from_weights(tmp_path, tiny_model):
+    path = tmp_path / "w.safetensors"
+    save_weights(tiny_model, path)
+    upscaler = Upscaler.from_weights(path, device="cpu")
+    assert upscaler.dtype == torch.float32
+    assert (upscaler.input_frames, upscaler.output_frames, upscaler.scale) == (4, 7, 4)
+
+
+def test_device_and_precision_choices():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+    with pytest.raises(StvsrError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(StvsrError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_a_missing_gpu_says_what_to_do():
+    with pytest.raises(StvsrError, match="--device cpu"):
+        resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_output_matches_cpu(tiny_model):
+    perturb_zero_initialised(tiny_model)
+    x = torch.rand(1, 4, 3, 16, 20)
+    cpu = Upscaler(tiny_model, device="cpu", precision="fp32")(x)
+    gpu = Upscaler(tiny_model, device="cuda", precision="fp32")(x).cpu()
+    torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)
+    assert resolve_precision("auto", torch.device("cuda")) in (torch.bfloat16, torch.float16)

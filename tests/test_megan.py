@@ -1,0 +1,137 @@
+"""The MEGAN network: block shapes, the whole forward pass, gradients, determinism."""
+
+import pytest
+import torch
+
+from conftest import perturb_zero_initialised
+from stvsr_cli import MEGAN, PRESETS, MEGANConfig, StvsrError
+from stvsr_cli.megan import (
+    BidirectionalDeformableConvLSTM,
+    FrameFeatureInterpolation,
+    LongRangeMemoryGraphAggregation,
+    MemoryGraphLayer,
+    ProgressiveFusionBlock,
+    ProgressiveFusionReconstruction,
+    ResidualNonLocalAttention,
+)
+
+C = 8  # block tests run at a tiny width
+
+
+def test_attention_module_shape():
+    out = ResidualNonLocalAttention(C, blocks=2, window=8)(torch.rand(3, 3, 12, 20))
+    assert out.shape == (3, C, 12, 20)
+
+
+def test_interpolation_makes_2n_plus_1_features_and_keeps_the_inputs():
+    features = torch.randn(2, 4, C, 8, 12)
+    out = FrameFeatureInterpolation(C, groups=2)(features)
+    assert out.shape == (2, 7, C, 8, 12)
+    assert torch.equal(out[:, 0::2], features)  # inputs at the even indices
+    assert not torch.allclose(out[:, 1], out[:, 3])  # each new feature comes from its own pair
+
+
+def test_convlstm_shape_and_both_directions_matter():
+    lstm = BidirectionalDeformableConvLSTM(C, groups=2).eval()
+    features = torch.randn(1, 7, C, 8, 8)
+    out = lstm(features)
+    assert out.shape == features.shape
+    # The middle output hears from the frame before it only through the forward
+    # pass, and from the frame after it only through the backward pass.
+    for frame in (2, 4):
+        changed = features.clone()
+        changed[:, frame] += 1
+        assert (lstm(changed)[:, 3] - out[:, 3]).abs().max() > 1e-6
+
+
+def test_graph_layer_pairs_cover_every_ordered_pair_symmetrically():
+    layer = MemoryGraphLayer(C, nodes=7)
+    pair_of = layer.pair_of
+    assert torch.equal(pair_of, pair_of.T)
+    assert pair_of.unique().numel() == 7 * 8 // 2
+    x = torch.randn(2, 7, C, 6, 5)
+    assert layer(x).shape == x.shape
+
+
+def test_lmga_memory_is_fixed_at_inference_and_random_in_training():
+    lmga = LongRangeMemoryGraphAggregation(C, frames=7, memory_size=4, graph_layers=2)
+    lmga.eval()
+    assert lmga.memory_indices().tolist() == [0, 2, 4, 6]
+    lmga.train()
+    draws = {tuple(lmga.memory_indices().tolist()) for _ in range(50)}
+    assert len(draws) > 1
+    assert all(len(set(d)) == 4 and list(d) == sorted(d) and max(d) < 7 for d in draws)
+    x = torch.randn(2, 7, C, 6, 5)
+    assert lmga(x).shape == x.shape
+
+
+def test_progressive_fusion_shapes():
+    x = torch.randn(2, 7, C, 6, 5)
+    assert ProgressiveFusionBlock(C, frames=7)(x).shape == x.shape
+    out = ProgressiveFusionReconstruction(C, frames=7, fusion_blocks=2, residual_blocks=2)(x)
+    assert out.shape == (2, 7, 3, 24, 20)
+
+
+def test_tiny_forward_shape(tiny_model):
+    with torch.inference_mode():
+        out = tiny_model(torch.rand(1, 4, 3, 36, 60))
+    assert out.shape == (1, 7, 3, 144, 240)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 44), (20, 12)])
+def test_tiny_forward_shapes_for_other_multiples_of_four(tiny_model, size):
+    with torch.inference_mode():
+        out = tiny_model(torch.rand(2, 4, 3, *size))
+    assert out.shape == (2, 7, 3, 4 * size[0], 4 * size[1])
+
+
+def test_forward_refuses_wrong_shapes_in_words(tiny_model):
+    with pytest.raises(ValueError, match="multiples of 4"):
+        tiny_model(torch.rand(1, 4, 3, 13, 16))
+    with pytest.raises(ValueError, match=r"\(B, 4, 3, H, W\)"):
+        tiny_model(torch.rand(1, 3, 3, 16, 16))
+
+
+def test_paper_preset_parameter_count_matches_the_paper():
+    model = MEGAN(PRESETS["paper"])
+    count = model.num_parameters()
+    print(f"\nMEGAN paper preset: {count:,} parameters ({count / 1e6:.2f} M; the paper reports 10.7 M)")
+    for stage, n in model.parameter_counts().items():
+        print(f"  {stage:15s} {n:>10,}")
+    assert abs(count - 10.7e6) / 10.7e6 < 0.05
+    # The stages MEGAN shares with Zooming Slow-Mo have ZSM's reported sizes.
+    assert abs(model.parameter_counts()["convlstm"] - 5.06e6) < 0.02e6
+
+
+def test_every_parameter_gets_a_gradient():
+    model = MEGAN(PRESETS["tiny"]).train()
+    perturb_zero_initialised(model)  # zero-initialised layers would block the gradients behind them
+    out = model(torch.rand(2, 4, 3, 16, 16))
+    (out - torch.rand_like(out)).abs().mean().backward()
+    dead = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_inference_is_bit_identical_on_cpu(tiny_model):
+    perturb_zero_initialised(tiny_model)
+    x = torch.rand(1, 4, 3, 20, 24)
+    with torch.inference_mode():
+        assert torch.equal(tiny_model(x), tiny_model(x.clone()))
+
+
+def test_config_validation_is_in_words():
+    with pytest.raises(StvsrError, match="multiple of deformable_groups"):
+        MEGANConfig(channels=12, deformable_groups=8)
+    with pytest.raises(StvsrError, match="memory_size"):
+        MEGANConfig(memory_size=9)
+    with pytest.raises(StvsrError, match="unknown preset 'huge'"):
+        MEGANConfig.preset("huge")
+
+
+def test_config_round_trips_through_a_dict():
+    for config in PRESETS.values():
+        assert MEGANConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(StvsrError, match="newer stvsr"):
+        MEGANConfig.from_dict({**PRESETS["tiny"].to_dict(), "wings": 2})

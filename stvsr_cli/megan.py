@@ -1,6 +1,9 @@
 """MEGAN: Memory Enhanced Graph Attention Network for space-time video
-super-resolution (You, Chen, Wang, Zhu, Liu; WACV 2022), built on Zooming
-Slow-Mo (Xiang et al., CVPR 2020, "ZSM" below).
+super-resolution (Chenyu You, Lianyi Han, Aosong Feng, Ruihan Zhao, Hui Tang,
+Wei Fan; WACV 2022), built on Zooming Slow-Mo (Xiaoyu Xiang, Yapeng Tian,
+Yulun Zhang, Yun Fu, Jan P. Allebach, Chenliang Xu; CVPR 2020, extended as
+"Zooming SlowMo: An Efficient One-Stage Framework for Space-Time Video
+Super-Resolution"; "ZSM" below).
 
 n + 1 low-resolution (LR) frames in, 2n + 1 frames at 4x the width and height
 out: the inputs at the even output indices and a new frame between each pair.

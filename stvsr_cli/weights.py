@@ -67,8 +67,11 @@ def read_weights(path: str | os.PathLike) -> tuple[MEGANConfig, dict[str, Tensor
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; pass --weights with the path of a .safetensors file")
     with path.open("rb") as file:
-        head = file.read(16)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
+        head = file.read(9)
+    # safetensors: an 8-byte little-endian header length, then a JSON header.
+    # Checked first: the length's first byte may equal a pickle opcode.
+    header_fits = len(head) == 9 and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+    if not (header_fits and head[8:9] == b"{") and head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
         return _read_checkpoint(path)
     return _read_safetensors(path)
 

@@ -132,3 +132,17 @@ def test_strict_loading_shortens_long_lists():
     model = MEGAN(PRESETS["tiny"])
     with pytest.raises(WeightsError, match=r"missing \d+ \([^)]*and \d+ more\)"):
         load_state_strict(model, {})
+
+
+
+def test_safetensors_whose_header_length_looks_like_a_pickle_still_loads(tmp_path, tiny_model):
+    """The header length's first byte can equal the pickle opcode 0x80; the file is still safetensors."""
+    path = tmp_path / "odd.safetensors"
+    state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    config = json.dumps(tiny_model.config.to_dict())
+    for padding in range(300):
+        save_file(state, path, metadata={"format": "stvsr-megan", "config": config, "note": "x" * padding})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert load_model(path).config == tiny_model.config

@@ -50,16 +50,23 @@ class ResidualNonLocalAttention(nn.Module):
     def __init__(self, channels: int, blocks: int, window: int) -> None:
         super().__init__()
         self.shallow = conv3x3(3, channels)
-        self.body = nn.Sequential(
-            *(
-                nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(LEAKY_SLOPE), NonLocalBlock(channels, window))
-                for _ in range(blocks)
-            )
-        )
+        self.layers = nn.Sequential(*(_ConvNonLocal(channels, window) for _ in range(blocks)))
 
     def forward(self, frames: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, C, H, W)"""
-        return self.body(leaky_relu(self.shallow(frames)))
+        return self.layers(leaky_relu(self.shallow(frames)))
+
+
+class _ConvNonLocal(nn.Module):
+    """One of the m1 layers: a 3x3 convolution, then a non-local residual block."""
+
+    def __init__(self, channels: int, window: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(channels, channels)
+        self.nonlocal_block = NonLocalBlock(channels, window)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.nonlocal_block(leaky_relu(self.conv(x)))
 
 
 class DeformableFeatureBlend(nn.Module):

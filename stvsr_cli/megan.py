@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .config import MEGANConfig
 from .layers import (
+    LEAKY_SLOPE,
     ConvLSTMCell,
     FeaturePyramid,
     NonLocalBlock,
@@ -37,7 +38,18 @@ from .layers import (
     conv3x3,
     leaky_relu,
 )
-from .layers.common import LEAKY_SLOPE
+
+
+class _ConvNonLocal(nn.Module):
+    """One of the m1 layers: a 3x3 convolution, then a non-local residual block."""
+
+    def __init__(self, channels: int, window: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(channels, channels)
+        self.nonlocal_block = NonLocalBlock(channels, window)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.nonlocal_block(leaky_relu(self.conv(x)))
 
 
 class ResidualNonLocalAttention(nn.Module):
@@ -55,18 +67,6 @@ class ResidualNonLocalAttention(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, C, H, W)"""
         return self.layers(leaky_relu(self.shallow(frames)))
-
-
-class _ConvNonLocal(nn.Module):
-    """One of the m1 layers: a 3x3 convolution, then a non-local residual block."""
-
-    def __init__(self, channels: int, window: int) -> None:
-        super().__init__()
-        self.conv = conv3x3(channels, channels)
-        self.nonlocal_block = NonLocalBlock(channels, window)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.nonlocal_block(leaky_relu(self.conv(x)))
 
 
 class DeformableFeatureBlend(nn.Module):

@@ -3,10 +3,11 @@ windowed non-local attention or deformable alignment can use them. The MEGAN
 network in `stvsr_cli.megan` composes them."""
 
 from .attention import NonLocalBlock
-from .common import ConvLSTMCell, ResidualBlock, conv3x3, leaky_relu
+from .common import LEAKY_SLOPE, ConvLSTMCell, ResidualBlock, conv3x3, leaky_relu
 from .deformable import FeaturePyramid, ModulatedDeformConv, PCDAlignment
 
 __all__ = [
+    "LEAKY_SLOPE",
     "ConvLSTMCell",
     "FeaturePyramid",
     "ModulatedDeformConv",

@@ -30,25 +30,22 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as error:
             if _debug(ctx):
                 raise
-            click.echo("stvsr: interrupted", err=True)
-            sys.exit(130)
-        except StvsrError as error:
-            if _debug(ctx):
-                raise
-            click.echo(f"stvsr: error: {error}", err=True)
-            sys.exit(1)
-        except Exception as error:
-            if _debug(ctx):
-                raise
-            click.echo(
-                f"stvsr: unexpected {type(error).__name__}: {error}. "
-                "Run again with `stvsr --debug ...` for the traceback and report it.",
-                err=True,
-            )
-            sys.exit(1)
+            click.echo(_one_line(error), err=True)
+            sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "stvsr: interrupted"
+    if isinstance(error, StvsrError):
+        return f"stvsr: error: {error}"
+    return (
+        f"stvsr: unexpected {type(error).__name__}: {error}. "
+        "Run again with `stvsr --debug ...` for the traceback and report it."
+    )
 
 
 def _debug(ctx: click.Context) -> bool:

@@ -24,7 +24,8 @@ from .config import MEGANConfig
 from .errors import StvsrError
 from .megan import MEGAN
 
-FORMAT = "stvsr-megan"  # the "format" entry of a weights file's metadata
+FORMAT = "stvsr-megan"
+DEFAULT_WEIGHTS = "default.safetensors"  # the "format" entry of a weights file's metadata
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default container
 _PICKLE_MAGIC = b"\x80"  # torch.save's legacy container starts with a pickle protocol opcode
@@ -34,11 +35,20 @@ class WeightsError(StvsrError):
     """A weights file that cannot be used, with the reason in words."""
 
 
-def save_weights(model: MEGAN, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+def save_weights(
+    model: MEGAN,
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    *,
+    trained: bool = True,
+    description: str = "",
+) -> None:
     """Write `model`'s weights and configuration to a safetensors file.
 
     `dtype` (for example torch.float16) stores the floating-point tensors at
     that precision; loading converts them back to the network's precision.
+    `trained=False` marks weights that were never trained (a placeholder),
+    so that tools can warn that their output is not a real upscale.
     The file appears atomically: it is written beside `path` and renamed.
     """
     state = {
@@ -49,6 +59,8 @@ def save_weights(model: MEGAN, path: str | os.PathLike, dtype: torch.dtype | Non
         "format": FORMAT,
         "config": json.dumps(model.config.to_dict()),
         "stvsr_version": __version__,
+        "trained": "yes" if trained else "no",
+        "description": description,
     }
     path = Path(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,6 +71,24 @@ def save_weights(model: MEGAN, path: str | os.PathLike, dtype: torch.dtype | Non
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def default_weights_path() -> Path:
+    """The weights that ship with stvsr: weights/default.safetensors in a
+    source checkout (and an editable install), stvsr_cli/weights_dir/ in an
+    installed wheel (pyproject.toml maps one onto the other)."""
+    package = Path(__file__).resolve().parent
+    installed, checkout = package / "weights_dir" / DEFAULT_WEIGHTS, package.parent / "weights" / DEFAULT_WEIGHTS
+    return installed if installed.is_file() else checkout
+
+
+def is_untrained(path: str | os.PathLike) -> bool:
+    """Whether a weights file says it was never trained (a placeholder)."""
+    try:
+        with safe_open(Path(path), framework="pt") as file:
+            return (file.metadata() or {}).get("trained") == "no"
+    except (SafetensorError, OSError):
+        return False
 
 
 def read_weights(path: str | os.PathLike) -> tuple[MEGANConfig, dict[str, Tensor]]:

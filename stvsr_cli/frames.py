@@ -79,5 +79,34 @@ def make_lr(hr: Tensor, scale: int = SCALE) -> Tensor:
     return quantize(lr).reshape(*hr.shape[:-2], height // scale, width // scale)
 
 
+def is_vimeo_root(folder: Path) -> bool:
+    """A Vimeo-90K septuplet root: `sequences/` plus at least one list file."""
+    folder = Path(folder)
+    return (folder / "sequences").is_dir() and any(folder.glob("*.txt"))
+
+
+def vimeo_septuplets(root: Path, list_name: str) -> list[list[Path]]:
+    """The im1..im7 paths of every septuplet a Vimeo-90K list file names.
+
+    List files hold one `xxxxx/yyyy` per line (`sep_trainlist.txt`,
+    `sep_testlist.txt`, or a fast/medium/slow split of the test list).
+    """
+    root = Path(root)
+    list_path = root / list_name
+    if not list_path.is_file():
+        raise StvsrError(f"{root}: no {list_name}; a Vimeo-90K septuplet root holds sequences/ and its list files")
+    septuplets = []
+    for line in list_path.read_text().split():
+        sequence = root / "sequences" / line.strip()
+        paths = [sequence / f"im{index}.png" for index in range(1, 8)]
+        missing = [path for path in paths if not path.is_file()]
+        if missing:
+            raise StvsrError(f"{missing[0]} is missing, but {list_path} lists {line.strip()}; fix the list or the folder")
+        septuplets.append(paths)
+    if not septuplets:
+        raise StvsrError(f"{list_path} lists no sequences")
+    return septuplets
+
+
 def _natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]

@@ -83,3 +83,20 @@ def test_unreadable_frame_is_a_user_error(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(frames.StvsrError, match="not a readable image"):
         frames.read_frame(bad)
+
+
+def test_vimeo_list_names_septuplets_and_missing_frames_are_reported(tmp_path):
+    for sequence in ["00001/0001", "00001/0002"]:
+        (tmp_path / "sequences" / sequence).mkdir(parents=True)
+        for index in range(1, 8):
+            frames.save_frame(torch.zeros(3, 8, 8), tmp_path / "sequences" / sequence / f"im{index}.png")
+    (tmp_path / "sep_testlist.txt").write_text("00001/0001\n00001/0002\n")
+    assert frames.is_vimeo_root(tmp_path)
+    septuplets = frames.vimeo_septuplets(tmp_path, "sep_testlist.txt")
+    assert [len(s) for s in septuplets] == [7, 7]
+    assert septuplets[1][6] == tmp_path / "sequences/00001/0002/im7.png"
+    (tmp_path / "sequences/00001/0002/im4.png").unlink()
+    with pytest.raises(frames.StvsrError, match="im4.png is missing"):
+        frames.vimeo_septuplets(tmp_path, "sep_testlist.txt")
+    with pytest.raises(frames.StvsrError, match="no sep_trainlist.txt"):
+        frames.vimeo_septuplets(tmp_path, "sep_trainlist.txt")

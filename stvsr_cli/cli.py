@@ -7,23 +7,46 @@ exit status; `stvsr --debug ...` (or STVSR_DEBUG=1) shows the traceback.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .config import PRESETS, MEGANConfig
 from .errors import StvsrError
 from .megan import MEGAN
+from .encode import EncodeOptions
+from .tiling import DEFAULT_TILE
+from .upscale import UpscaleOptions, upscale_video
 from .weights import load_model
+from .windows import DEFAULT_SCENE_THRESHOLD
 
 
 class _Group(click.Group):
-    """Turns exceptions into one line on stderr and an exit status."""
+    """Turns exceptions into one line on stderr and an exit status, and gives
+    every command a `--debug` flag (`stvsr upscale --debug ...` works as well
+    as `stvsr --debug upscale ...`)."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda function: register(_debug_option(function))
 
     def invoke(self, ctx: click.Context):
         try:
@@ -49,7 +72,20 @@ def _one_line(error: BaseException) -> str:
 
 
 def _debug(ctx: click.Context) -> bool:
-    return bool(ctx.params.get("debug")) or os.environ.get("STVSR_DEBUG", "") not in ("", "0")
+    return (
+        bool(ctx.params.get("debug"))
+        or ctx.meta.get("stvsr.debug", False)
+        or os.environ.get("STVSR_DEBUG", "") not in ("", "0")
+    )
+
+
+def _debug_option(function):
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta["stvsr.debug"] = True  # meta is shared by the whole context tree
+
+    return click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=remember,
+                        help="Show the full traceback when something fails.")(function)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,7 +96,8 @@ def main(debug: bool) -> None:
     the frame rate, with the MEGAN network (You et al., WACV 2022).
 
     \b
-    Example:
+    Examples:
+      stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
       stvsr info --preset paper
     """
 
@@ -97,3 +134,123 @@ def info(preset: str | None, weights: Path | None) -> None:
         counts.add_row(stage, f"{count:,}")
     counts.add_row("total", f"{model.num_parameters():,} ({model.num_parameters() / 1e6:.2f} M)", style="bold")
     console.print(counts)
+
+
+@main.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("output")  # a str: a trailing "/" asks for a frame directory
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="Weights file to use. [default: the shipped weights]")
+@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16/fp16 on a GPU, fp32 on the CPU.")
+@click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
+              help="Run frames larger than this many LR pixels as overlapping tiles; 0 runs whole frames.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Windows (or tiles) per forward pass.")
+@click.option("--scene-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCENE_THRESHOLD, show_default=True,
+              help="Luma-histogram change that counts as a scene cut; 0 turns detection off.")
+@click.option("--codec", default="libx264", show_default=True, help="ffmpeg video encoder, e.g. libx264, libx265, libsvtav1.")
+@click.option("--crf", type=int, help="Constant rate factor: lower is better quality. [default: 18 for codecs that take it]")
+@click.option("--preset", "encoder_preset", help="Encoder speed preset, e.g. medium, slow.")
+@click.option("--pix-fmt", help="Output pixel format. [default: yuv420p, yuv420p10le for 10-bit input]")
+@click.option("--no-audio", is_flag=True, help="Drop the audio and subtitle streams.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; warnings and errors still show.")
+def upscale(input: Path, output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
+            scene_threshold: float, codec: str, crf: int | None, encoder_preset: str | None, pix_fmt: str | None,
+            no_audio: bool, overwrite: bool, quiet: bool) -> None:
+    """Upscale INPUT 4x in width and height and 2x in frame rate into OUTPUT.
+
+    OUTPUT is a video file (its extension picks the container; audio and
+    subtitles are copied from INPUT) or a directory, which receives numbered
+    PNG frames. OUTPUT appears only when the run succeeds.
+
+    \b
+    Examples:
+      stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
+      stvsr upscale in.mkv out.mkv --codec libx265 --crf 20 --device cuda
+      stvsr upscale in.mp4 frames/
+    """
+    encode = {"codec": codec, "preset": encoder_preset, "pix_fmt": pix_fmt, "audio": not no_audio}
+    if crf is not None:
+        encode["crf"] = crf
+    options = UpscaleOptions(
+        weights=weights,
+        device=device,
+        precision=precision,
+        tile=tile,
+        batch=batch,
+        scene_threshold=scene_threshold,
+        encode=EncodeOptions(**encode),
+        overwrite=overwrite,
+    )
+    console = Console(stderr=True, quiet=quiet)
+    with _warnings_to(Console(stderr=True)), _FrameProgress(console) as progress:
+        result = upscale_video(input, output, options, progress=progress.update)
+    if not quiet:
+        width, height = result.output_size
+        cuts = f"; {result.scene_cuts} scene cut{'s' * (result.scene_cuts != 1)}" if result.scene_cuts else ""
+        console.print(
+            f"Wrote {output}: {result.output_frames} frames of {width}x{height} at {float(result.output_fps):.3g} fps "
+            f"from {result.input_frames} at {float(result.input_fps):.3g} fps, in {result.seconds:.1f} s{cuts}.",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@contextmanager
+def _warnings_to(console: Console):
+    """Print the library's warnings as `stvsr: warning: ...` lines (above a
+    live progress bar, when there is one)."""
+
+    class ConsoleHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            console.print(f"stvsr: warning: {record.getMessage()}", markup=False, highlight=False, soft_wrap=True)
+
+    logger = logging.getLogger("stvsr")
+    handler = ConsoleHandler(logging.WARNING)
+    logger.addHandler(handler)
+    logger.propagate, propagate = False, logger.propagate
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+class _FpsColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:.2f} fps" if task.speed else "… fps", style="progress.data.speed")
+
+
+class _FrameProgress:
+    """A rich progress bar of output frames: done/total, fps, elapsed, ETA.
+    It appears when the work starts, not while inputs are being checked."""
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("upscaling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("frames"),
+            _FpsColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,  # the summary line replaces it; an error line stands alone
+        )
+        self._task = self._progress.add_task("upscale", total=None)
+
+    def __enter__(self) -> _FrameProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def update(self, done: int, total: int | None) -> None:
+        """Starts the bar on the first call, once the checks have passed."""
+        if not self._progress.live.is_started:
+            self._progress.start()
+        self._progress.update(self._task, completed=done, total=max(total, done) if total else None)

@@ -54,12 +54,21 @@ def test_bad_weights_file_gives_one_line_and_no_traceback(runner, tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_debug_shows_the_exception(runner, tmp_path):
+@pytest.mark.parametrize("where", ["group", "command"])
+def test_debug_shows_the_exception(runner, tmp_path, where):
     path = tmp_path / "broken.safetensors"
     path.write_bytes(b"definitely not weights")
-    result = runner.invoke(main, ["--debug", "info", "--weights", str(path)])
+    command = ["info", "--weights", str(path)]
+    result = runner.invoke(main, ["--debug", *command] if where == "group" else [*command, "--debug"])
     assert result.exit_code != 0
     assert isinstance(result.exception, WeightsError)
+
+
+def test_every_command_has_help_and_a_debug_flag(runner):
+    for name in main.commands:
+        result = runner.invoke(main, [name, "--help"])
+        assert result.exit_code == 0
+        assert "--debug" in result.output and "Example" in result.output, name
 
 
 def test_info_needs_exactly_one_source(runner):

@@ -1,0 +1,211 @@
+"""`stvsr upscale` end to end: generated videos, the tiny preset, the CPU."""
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stvsr_cli import MEGAN, PRESETS, save_weights
+from stvsr_cli.cli import main
+from stvsr_cli.inference import Upscaler
+from stvsr_cli.upscale import UpscaleOptions, upscale_video
+from videos import make_video, read_video, stream_durations
+
+from conftest import perturb_zero_initialised
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """Tiny weights whose output depends on the input, so that a repeated
+    frame and a blended one can be told apart."""
+    torch.manual_seed(0)
+    model = MEGAN(PRESETS["tiny"])
+    perturb_zero_initialised(model)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(model, path)
+    return path
+
+
+def upscale(runner_args: list[str], weights: Path) -> tuple[int, str]:
+    if "--weights" not in runner_args:
+        runner_args = [*runner_args, "--weights", str(weights)]
+    result = CliRunner().invoke(main, ["upscale", *runner_args, "--device", "cpu"])
+    return result.exit_code, result.output
+
+
+def leftovers(directory: Path, expected: set[str]) -> set[str]:
+    return {p.name for p in directory.iterdir()} - expected
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 4, 7])
+def test_n_frames_give_2n_frames_at_twice_the_rate_and_4x_the_size(tmp_path, weights, frames):
+    source = make_video(tmp_path / "in.mp4", frames=frames, width=40, height=24, fps=Fraction(30000, 1001))
+    code, output = upscale([str(source), str(tmp_path / "out.mp4"), "--quiet"], weights)
+    assert code == 0, output
+    video, fps = read_video(tmp_path / "out.mp4")
+    assert len(video) == 2 * frames
+    assert fps == Fraction(60000, 1001)
+    assert video[0].shape == (96, 160, 3)
+
+
+def test_audio_is_kept_in_sync_and_odd_sizes_work(tmp_path, weights):
+    source = make_video(tmp_path / "in.mkv", frames=9, width=37, height=21, fps=25, audio=True)
+    code, output = upscale([str(source), str(tmp_path / "out.mkv")], weights)
+    assert code == 0, output
+    assert "Wrote" in output and "18 frames of 148x84 at 50 fps" in output
+    durations = stream_durations(tmp_path / "out.mkv")
+    source_durations = stream_durations(source)
+    assert abs(durations["video"] - source_durations["video"]) <= 1 / 50 + 1e-6
+    assert abs(durations["audio"] - source_durations["audio"]) <= 1 / 50 + 1e-6
+    video, _ = read_video(tmp_path / "out.mkv")
+    assert video[0].shape == (84, 148, 3)
+
+
+def test_no_audio_drops_the_audio(tmp_path, weights):
+    source = make_video(tmp_path / "in.mp4", frames=4, audio=True)
+    code, output = upscale([str(source), str(tmp_path / "out.mp4"), "--no-audio", "-q"], weights)
+    assert code == 0, output
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert not container.streams.audio
+
+
+def test_the_frame_at_a_scene_cut_repeats_the_last_frame_instead_of_blending(tmp_path, weights):
+    source = make_video(tmp_path / "in.mp4", frames=10, width=48, height=32, cut_at=5)
+    for threshold, name in (("0.15", "cut"), ("0", "blend")):
+        code, output = upscale([str(source), str(tmp_path / name) + "/", "--scene-threshold", threshold, "-q"], weights)
+        assert code == 0, output
+    cut = sorted((tmp_path / "cut").glob("*.png"))
+    assert len(cut) == 20
+    frames = [read_png(p) for p in cut]
+    # Output 9 lies between input 4 (last of the first shot) and input 5: it repeats output 8.
+    assert torch.equal(frames[9], frames[8])
+    blended = [read_png(p) for p in sorted((tmp_path / "blend").glob("*.png"))]
+    assert not torch.equal(blended[9], blended[8])
+    # Away from the cut, nothing repeats.
+    assert not torch.equal(frames[3], frames[2])
+
+
+def read_png(path: Path) -> torch.Tensor:
+    with av.open(str(path)) as container:
+        return torch.from_numpy(next(container.decode(video=0)).to_ndarray(format="rgb24"))
+
+
+def test_tiled_and_batched_runs_match_the_plain_run_closely(tmp_path, weights):
+    source = make_video(tmp_path / "in.mp4", frames=6, width=64, height=40)
+    upscale([str(source), str(tmp_path / "plain") + "/", "--tile", "0", "-q"], weights)
+    upscale([str(source), str(tmp_path / "tiled") + "/", "--tile", "40", "--batch", "3", "-q"], weights)
+    plain = torch.stack([read_png(p) for p in sorted((tmp_path / "plain").glob("*.png"))]).float()
+    tiled = torch.stack([read_png(p) for p in sorted((tmp_path / "tiled").glob("*.png"))]).float()
+    assert plain.shape == tiled.shape == (12, 160, 256, 3)
+    assert (plain - tiled).abs().mean() < 2
+
+
+def test_the_library_call_reports_what_it_did(tmp_path, weights):
+    source = make_video(tmp_path / "in.mp4", frames=5, cut_at=3)
+    seen = []
+    result = upscale_video(source, tmp_path / "out.mp4", UpscaleOptions(weights=weights, device="cpu"),
+                           progress=lambda done, total: seen.append((done, total)))
+    assert (result.input_frames, result.output_frames, result.scene_cuts) == (5, 10, 1)
+    assert result.output_size == (192, 128) and result.output_fps == 48
+    assert seen[-1] == (10, 10)
+
+
+def test_the_shipped_weights_run_and_say_they_are_a_placeholder(tmp_path):
+    source = make_video(tmp_path / "in.mp4", frames=2)
+    result = CliRunner().invoke(main, ["upscale", str(source), str(tmp_path / "out.mp4"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "untrained placeholder" in result.output
+
+
+# --- failures: one line, non-zero exit, nothing left behind -------------------------------------------
+
+
+def bad(tmp_path: Path, weights: Path, args: list[str]) -> str:
+    before = {p.name for p in tmp_path.iterdir()}
+    code, output = upscale(args, weights)
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stvsr: error: "), output
+    assert "Traceback" not in output
+    assert leftovers(tmp_path, before) == set(), "a failed run left files behind"
+    return lines[0]
+
+
+def test_bad_inputs_get_one_clear_line(tmp_path, weights):
+    video = make_video(tmp_path / "in.mp4", frames=3)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video\n")
+    wav = tmp_path / "tone.wav"
+    with av.open(str(wav), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(make_video(tmp_path / "whole.mp4", frames=12).read_bytes()[:3000])
+    (tmp_path / "whole.mp4").unlink()
+    out = str(tmp_path / "out.mp4")
+
+    assert "no such file" in bad(tmp_path, weights, [str(tmp_path / "missing.mp4"), out])
+    bad(tmp_path, weights, [str(text), out])
+    assert "no video" in bad(tmp_path, weights, [str(wav), out])
+    bad(tmp_path, weights, [str(truncated), out])
+    bad(tmp_path, weights, [str(video), str(video)])
+    assert "exists" in bad(tmp_path, weights, [str(video), str(text)])
+    bad(tmp_path, weights, [str(video), str(tmp_path / "no" / "such" / "dir" / "out.mp4")])
+    bad(tmp_path, weights, [str(video), out, "--codec", "nosuchcodec"])
+    assert "does not exist" in bad(tmp_path, weights, [str(video), out, "--weights", str(tmp_path / "none.safetensors")])
+    assert "not a stvsr weights file" in bad(tmp_path, weights, [str(video), out, "--weights", str(text)])
+    assert "stvsr weights" in bad(tmp_path, weights, [str(video), out, "--weights", str(video)])
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path, weights):
+    video = make_video(tmp_path / "in.mp4", frames=2)
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"precious")
+    assert "--overwrite" in bad(tmp_path, weights, [str(video), str(out)])
+    assert out.read_bytes() == b"precious"
+    code, output = upscale([str(video), str(out), "--overwrite", "-q"], weights)
+    assert code == 0, output
+    assert len(read_video(out)[0]) == 4
+
+
+def test_an_unwritable_output_directory_is_refused(tmp_path, weights):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    video = make_video(tmp_path / "in.mp4", frames=2)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert "writable" in bad(tmp_path, weights, [str(video), str(locked / "out.mp4")])
+
+
+def test_an_output_under_a_file_is_refused(tmp_path, weights):
+    video = make_video(tmp_path / "in.mp4", frames=2)
+    bad(tmp_path, weights, [str(video), str(video / "out.mp4")])
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_a_failure_midway_leaves_no_output(tmp_path, weights, monkeypatch, failure):
+    video = make_video(tmp_path / "in.mp4", frames=12, audio=True)
+    calls = []
+    real = Upscaler.__call__
+
+    def failing(self, frames):
+        calls.append(1)
+        if len(calls) == 3:
+            raise failure
+        return real(self, frames)
+
+    monkeypatch.setattr(Upscaler, "__call__", failing)
+    before = {p.name for p in tmp_path.iterdir()}
+    code, output = upscale([str(video), str(tmp_path / "out.mp4"), "-q"], weights)
+    assert code == (130 if isinstance(failure, KeyboardInterrupt) else 1)
+    assert output.strip().splitlines()[-1] in ("stvsr: interrupted",) or "RuntimeError: boom" in output
+    assert leftovers(tmp_path, before) == set()

@@ -42,8 +42,10 @@ def _one_line(error: BaseException) -> str:
         return "stvsr: interrupted"
     if isinstance(error, StvsrError):
         return f"stvsr: error: {error}"
+    # first line only: errors re-raised from DataLoader workers carry a whole traceback
+    message = (str(error).strip().splitlines() or [""])[0]
     return (
-        f"stvsr: unexpected {type(error).__name__}: {error}. "
+        f"stvsr: unexpected {type(error).__name__}: {message}. "
         "Run again with `stvsr --debug ...` for the traceback and report it."
     )
 

@@ -307,7 +307,7 @@ def _detect(path: Path) -> str:
     entries = list(path.iterdir())
     if any(p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES for p in entries):
         return "videos"
-    if any(p.is_dir() and list_frames(p) for p in entries):
+    if any(p.is_dir() and _numbered_frames(list_frames(p)) for p in entries):
         return "clips"
     images = list_frames(path)
     if len(images) >= WINDOW and _numbered_frames(images):
@@ -322,8 +322,9 @@ def _detect(path: Path) -> str:
 
 
 def _numbered_frames(images: list[Path]) -> bool:
-    """Names that differ only in their digits (frame_0001.png, frame_0002.png, ...)."""
-    return len({re.sub(r"\d+", "#", p.name.lower()) for p in images}) == 1
+    """Names with digits that differ only in their digits (frame_0001.png, frame_0002.png, ...)."""
+    patterns = {re.sub(r"\d+", "#", p.name.lower()) for p in images}
+    return len(patterns) == 1 and "#" in patterns.pop()
 
 
 def _check_size(what: Path, width: int, height: int, size: int) -> None:

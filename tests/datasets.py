@@ -37,12 +37,12 @@ def make_layout(kind: str, root: Path) -> Path:
         (vimeo / "sep_trainlist.txt").write_text("00001/0001\n00001/0002\n")
         return vimeo
     if kind == "videos":
-        (root / "videos").mkdir()
+        (root / "videos").mkdir(parents=True)
         make_video(root / "videos" / "a.mp4", frames=10, width=40, height=36)
         return root / "videos"
     if kind == "stills":
         stills = root / "stills"
-        stills.mkdir()
+        stills.mkdir(parents=True)
         for index, (width, height) in enumerate([(64, 48), (50, 70)]):
             rng = np.random.default_rng(index)
             photo = pattern(3 * index, width, height).astype(np.int16) + rng.integers(-20, 20, (height, width, 3))

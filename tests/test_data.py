@@ -53,9 +53,11 @@ def test_layouts_are_detected_and_can_be_named(tmp_path):
     single = write_frames(tmp_path / "calendar", 8)  # one clip's folder: numbered frames
     assert open_source(single, 32).kind == "clips"
     assert open_source(f"stills:{single}", 32).kind == "stills"
+    make_layout("stills", tmp_path / "holder")  # a folder holding a folder of photos is not a folder of clips
     (tmp_path / "empty").mkdir()
-    with pytest.raises(StvsrError, match="no known layout"):
-        open_source(tmp_path / "empty", 32)
+    for folder in ("empty", "holder"):
+        with pytest.raises(StvsrError, match="no known layout"):
+            open_source(tmp_path / folder, 32)
     with pytest.raises(StvsrError, match="smaller than the 64x64 HR crop"):
         open_source(single, 64)
 

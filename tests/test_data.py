@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -60,8 +59,3 @@ def test_layouts_are_detected_and_can_be_named(tmp_path):
             open_source(tmp_path / folder, 32)
     with pytest.raises(StvsrError, match="smaller than the 64x64 HR crop"):
         open_source(single, 64)
-
-
-def test_importing_training_needs_no_pyav():
-    code = "import sys; sys.modules['av'] = None; import stvsr_cli.train, stvsr_cli.cli"
-    subprocess.run([sys.executable, "-c", code], check=True)

@@ -48,13 +48,14 @@ def test_a_few_steps_on_each_layout_lower_the_loss(kind, tmp_path):
     assert open_source(data, CROP * 4).kind == kind
     start = tmp_path / "start.safetensors"
     save_weights(MEGAN(PRESETS["tiny"]), start)
-    result = train(options([data], tmp_path / "run", init=start, iters=8))
-    assert fixed_loss(result.model, data) < 0.9 * fixed_loss(load_model(start), data)
+    result = train(options([data], tmp_path / "run", init=start, iters=5, lr=3e-3, lr_min=3e-3))
+    assert fixed_loss(result.model, data) < 0.8 * fixed_loss(load_model(start), data)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
     data = make_layout("clips", tmp_path)
-    straight = train(options([data], tmp_path / "straight", preset="tiny"))
+    # log lines every 3 steps: the one at step 3 averages steps on both sides of the checkpoint
+    straight = train(options([data], tmp_path / "straight", preset="tiny", iters=4, save_every=2, log_every=3))
 
     import stvsr_cli.train as training
 
@@ -62,17 +63,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeyp
 
     def save_then_die(path, model, optimizer, schedule, scaler, step, *rest):
         save(path, model, optimizer, schedule, scaler, step, *rest)
-        raise KeyboardInterrupt  # killed right after the checkpoint of step 3
+        raise KeyboardInterrupt  # killed right after the checkpoint of step 2
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(options([data], tmp_path / "resumed", preset="tiny"))
+        train(options([data], tmp_path / "resumed", preset="tiny", iters=4, save_every=2, log_every=3))
     monkeypatch.setattr(training, "save_checkpoint", save)
-    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
     # loader workers do not change the samples either
-    resumed = train(options([data], tmp_path / "resumed", preset="tiny", resume=True, workers=1))
+    resumed = train(options([data], tmp_path / "resumed", preset="tiny", iters=4, save_every=2, log_every=3,
+                            resume=True, workers=1))
 
-    assert resumed.step == straight.step == 6
+    assert resumed.step == straight.step == 4
     for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -109,13 +111,13 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_usable(t
 
     monkeypatch.setattr(torch, "save", disk_full_on_second_save)
     with pytest.raises(OSError, match="No space left"):
-        train(options([data], run, preset="tiny", save_every=2))
+        train(options([data], run, preset="tiny", iters=4, save_every=2))
     monkeypatch.setattr(torch, "save", real_save)
 
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert (run / "checkpoint.pt").stat().st_mode & 0o077 == 0o644 & ~_umask() & 0o077  # not mkstemp's 0600
-    assert train(options([data], run, preset="tiny", save_every=2, resume=True)).step == 6
+    assert train(options([data], run, preset="tiny", iters=4, save_every=2, resume=True)).step == 4
 
 
 def _umask() -> int:
@@ -182,8 +184,11 @@ def test_bad_data_in_a_loader_worker_is_one_line(tmp_path):
     assert "Traceback" not in result.output
 
 
+# Also trains without PyAV, as the GPU machine has none.
 DDP_SCRIPT = """
-import os, sys, torch
+import os, sys
+sys.modules["av"] = None
+import torch
 from stvsr_cli.train import TrainOptions, train
 result = train(TrainOptions(data=[sys.argv[1]], out=sys.argv[2], preset="tiny", iters=3, batch=2, crop=8,
                             lr=2e-3, workers=0, device="cpu", quiet=True))

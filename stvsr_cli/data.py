@@ -68,9 +68,13 @@ class Source:
         position, or None when it crosses a scene cut."""
         raise NotImplementedError
 
-    def validation_windows(self, size: int) -> list[Tensor]:
-        """Non-overlapping windows without cuts, centre-cropped to at most
-        size x size, as (7, 3, H, W) uint8."""
+    def validation_keys(self) -> list[int]:
+        """The windows validation may use: non-overlapping ones, in order."""
+        raise NotImplementedError
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        """Window `key` centre-cropped to at most size x size, as (7, 3, H, W)
+        uint8; None when it crosses a scene cut."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -90,8 +94,11 @@ class VimeoSource(Source):
     def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         return _random_crop(read_clip(self.septuplets[index]), size, rng)
 
-    def validation_windows(self, size: int) -> list[Tensor]:
-        return [_to_uint8(_centre_crop(read_clip(paths), size)) for paths in self.septuplets]
+    def validation_keys(self) -> list[int]:
+        return list(range(len(self)))
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        return _to_uint8(_centre_crop(read_clip(self.septuplets[key]), size))
 
 
 class ClipSource(Source):
@@ -122,14 +129,12 @@ class ClipSource(Source):
         frames = read_clip(self._locate(index))
         return None if _crosses_cut(frames) else _random_crop(frames, size, rng)
 
-    def validation_windows(self, size: int) -> list[Tensor]:
-        windows = []
-        for frames in self.clips:
-            for start in range(0, len(frames) - WINDOW + 1, WINDOW):
-                clip = read_clip(frames[start : start + WINDOW])
-                if not _crosses_cut(clip):
-                    windows.append(_to_uint8(_centre_crop(clip, size)))
-        return windows
+    def validation_keys(self) -> list[int]:
+        return _every_seventh(self.starts)
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        frames = read_clip(self._locate(key))
+        return None if _crosses_cut(frames) else _to_uint8(_centre_crop(frames, size))
 
 
 class VideoSource(Source):
@@ -153,20 +158,21 @@ class VideoSource(Source):
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+    def _decode(self, index: int) -> Tensor | None:
         video = int(torch.searchsorted(self.starts, index, right=True)) - 1
         frames = _decode_window(self.files[video], index - int(self.starts[video]))
-        if frames is None or _crosses_cut(frames):
-            return None
-        return _random_crop(frames, size, rng)
+        return None if frames is None or _crosses_cut(frames) else frames
 
-    def validation_windows(self, size: int) -> list[Tensor]:
-        windows = []
-        for file in self.files:
-            for clip in _decode_consecutive(file):
-                if not _crosses_cut(clip):
-                    windows.append(_to_uint8(_centre_crop(clip, size)))
-        return windows
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        frames = self._decode(index)
+        return None if frames is None else _random_crop(frames, size, rng)
+
+    def validation_keys(self) -> list[int]:
+        return _every_seventh(self.starts)
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        frames = self._decode(key)
+        return None if frames is None else _to_uint8(_centre_crop(frames, size))
 
 
 class StillSource(Source):
@@ -202,13 +208,13 @@ class StillSource(Source):
         photo = read_frame(self.images[index]).float().div(255)
         return camera_move(photo, size, rng)
 
-    def validation_windows(self, size: int) -> list[Tensor]:
-        windows = []
-        for index, image_path in enumerate(self.images):
-            photo = read_frame(image_path).float().div(255)
-            side = min(size, *photo.shape[-2:]) // SCALE * SCALE
-            windows.append(_to_uint8(camera_move(photo, side, torch.Generator().manual_seed(index))))
-        return windows
+    def validation_keys(self) -> list[int]:
+        return list(range(len(self)))
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        photo = read_frame(self.images[key]).float().div(255)
+        side = min(size, *photo.shape[-2:]) // SCALE * SCALE
+        return _to_uint8(camera_move(photo, side, torch.Generator().manual_seed(key)))
 
 
 def camera_move(photo: Tensor, size: int, rng: torch.Generator) -> Tensor:
@@ -407,12 +413,16 @@ def collate(samples: list[tuple[Tensor, Tensor] | BadData]) -> tuple[Tensor, Ten
 
 
 def validation_set(specs: Sequence[str | Path], size: int, limit: int) -> list[Tensor]:
-    """At most `limit` HR windows (7, 3, H, W) uint8 from the sources, evenly spread over them."""
-    windows = [window for spec in specs for window in open_source(spec, 0, validation=True).validation_windows(size)]
+    """At most `limit` HR windows (7, 3, H, W) uint8, evenly spread over the sources'
+    non-overlapping windows; only the chosen ones are read. Windows that cross
+    a scene cut are left out, so there can be fewer."""
+    candidates = [(source, key) for spec in specs for source in [open_source(spec, 0, validation=True)]
+                  for key in source.validation_keys()]
+    if len(candidates) > limit:
+        candidates = [candidates[round(i * (len(candidates) - 1) / max(limit - 1, 1))] for i in range(limit)]
+    windows = [window for source, key in candidates if (window := source.validation_window(key, size)) is not None]
     if not windows:
         raise StvsrError(f"no validation window of {WINDOW} frames without a scene cut in {', '.join(map(str, specs))}")
-    if len(windows) > limit:
-        windows = [windows[round(i * (len(windows) - 1) / max(limit - 1, 1))] for i in range(limit)]
     return windows
 
 
@@ -436,6 +446,11 @@ def _centre_crop(frames: Tensor, size: int) -> Tensor:
     h, w = min(height, size) // SCALE * SCALE, min(width, size) // SCALE * SCALE
     top, left = (height - h) // 2, (width - w) // 2
     return frames[..., top : top + h, left : left + w]
+
+
+def _every_seventh(starts: Tensor) -> list[int]:
+    """Window indices 0, 7, 14, ... of each clip or video, given where each one's windows start."""
+    return [key for first, end in zip(starts[:-1].tolist(), starts[1:].tolist()) for key in range(first, end, WINDOW)]
 
 
 def _to_uint8(frames: Tensor) -> Tensor:
@@ -498,19 +513,3 @@ def _decode_window(path: Path, start: int) -> Tensor | None:
     if len(frames) < WINDOW:
         return None
     return torch.stack(frames).float().div(255)
-
-
-def _decode_consecutive(path: Path):
-    """Non-overlapping 7-frame windows of a whole video, in order, as (7, 3, H, W) in [0, 1]."""
-    import av
-
-    frames = []
-    with _open_video(path) as container:
-        try:
-            for frame in container.decode(container.streams.video[0]):
-                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
-                if len(frames) == WINDOW:
-                    yield torch.stack(frames).float().div(255)
-                    frames = []
-        except av.error.FFmpegError as error:
-            raise StvsrError(f"{path}: decoding failed ({error})") from None

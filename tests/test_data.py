@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stvsr_cli import StvsrError
-from stvsr_cli.data import TrainingSet, VideoSource, camera_move, open_source
+from stvsr_cli.data import TrainingSet, VideoSource, camera_move, open_source, validation_set
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import make_layout, write_frames  # noqa: E402
@@ -59,3 +59,11 @@ def test_layouts_are_detected_and_can_be_named(tmp_path):
             open_source(tmp_path / folder, 32)
     with pytest.raises(StvsrError, match="smaller than the 64x64 HR crop"):
         open_source(single, 64)
+
+
+def test_validation_uses_non_overlapping_windows_without_cuts_up_to_a_limit(tmp_path):
+    video = make_video(tmp_path / "cut.mp4", frames=21, width=40, height=36, cut_at=5)
+    windows = validation_set([video], size=32, limit=10)  # windows at frames 0, 7, 14; the first crosses the cut
+    assert len(windows) == 2
+    assert all(w.shape == (7, 3, 32, 32) and w.dtype == torch.uint8 for w in windows)
+    assert len(validation_set([video, make_layout("stills", tmp_path)], size=32, limit=2)) <= 2

@@ -184,7 +184,8 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
         load_state_strict(model, checkpoint["model"], source=str(run_dir / CHECKPOINT))
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        if scaler.is_enabled() and checkpoint["scaler"]:  # empty when the run so far was not fp16
+            scaler.load_state_dict(checkpoint["scaler"])
         step, best, skipped = checkpoint["step"], checkpoint["best_psnr"], checkpoint["skipped_steps"]
         interval = list(checkpoint["interval"])
         _restore_rng(checkpoint["rng"], rank, device, fallback=options.seed + 1 + rank + step)

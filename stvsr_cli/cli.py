@@ -65,8 +65,10 @@ def _one_line(error: BaseException) -> str:
         return "stvsr: interrupted"
     if isinstance(error, StvsrError):
         return f"stvsr: error: {error}"
+    # first line only: errors re-raised from DataLoader workers carry a whole traceback
+    message = (str(error).strip().splitlines() or [""])[0]
     return (
-        f"stvsr: unexpected {type(error).__name__}: {error}. "
+        f"stvsr: unexpected {type(error).__name__}: {message}. "
         "Run again with `stvsr --debug ...` for the traceback and report it."
     )
 
@@ -254,3 +256,59 @@ class _FrameProgress:
         if not self._progress.live.is_started:
             self._progress.start()
         self._progress.update(self._task, completed=done, total=max(total, done) if total else None)
+
+
+@main.command()
+@click.argument("data", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Network size of a new run.  [default: paper]")
+@click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--iters", type=int, default=20_000, show_default=True, help="Training steps.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Samples a step, over all processes.")
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate at the start.")
+@click.option("--lr-min", type=float, default=1e-7, show_default=True, help="Learning rate at the end (cosine).")
+@click.option("--betas", type=(float, float), default=(0.9, 0.999), show_default=True, help="Adam's betas.")
+@click.option("--eps", type=float, default=1e-3, show_default=True, help="Charbonnier loss epsilon.")
+@click.option("--crop", type=int, default=32, show_default=True, help="LR crop side; HR crops are 4x.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial weights and the samples.")
+@click.option("--val", multiple=True, help="Validation data (any layout DATA takes); repeatable.")
+@click.option("--val-every", type=int, default=1000, show_default=True, help="Steps between validations.")
+@click.option("--val-windows", type=int, default=32, show_default=True, help="Validation windows at most.")
+@click.option("--val-size", type=int, default=256, show_default=True, help="HR centre crop of a validation window.")
+@click.option("--save-every", type=int, default=1000, show_default=True, help="Steps between checkpoints.")
+@click.option("--log-every", type=int, default=10, show_default=True, help="Steps between lines of log.jsonl.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU.")
+@click.option("--workers", type=int, help="Data loading processes.  [default: CPU cores, at most 8]")
+@click.option("--max-bad-steps", type=int, default=10, show_default=True,
+              help="Stop after this many non-finite steps in a row.")
+def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> None:
+    """Train MEGAN on videos, frame folders, photos or Vimeo-90K.
+
+    Each DATA is detected by its layout: a video file or a folder of videos;
+    a folder of clip folders (numbered frames in each, as Vid4 and REDS); a
+    folder of photos (given synthetic camera motion); a Vimeo-90K septuplet
+    root. KIND:PATH forces a layout (vimeo:, clips:, videos:, stills:).
+
+    The defaults are the paper's recipe: Charbonnier loss, Adam, cosine
+    learning rate from 1e-4 to 1e-7, batch 16, LR crops of 32. The run
+    folder gets checkpoint.pt, last.safetensors, best.safetensors (with
+    --val), log.jsonl, progress.png and options.json. Under torchrun the
+    same command trains on every GPU with DistributedDataParallel.
+
+    \b
+    Example:
+      stvsr train ../shared/data/train/clips --out runs/x --preset tiny --iters 50
+      stvsr train vimeo_septuplet --val vid4 --out runs/paper
+      stvsr train vimeo_septuplet --val vid4 --out runs/paper --resume
+      torchrun --nproc_per_node 4 -m stvsr_cli train vimeo_septuplet --out runs/paper
+    """
+    from .train import TrainOptions, train as run_training
+
+    extra = {} if workers is None else {"workers": workers}
+    result = run_training(TrainOptions(data=data, out=out, **options, **extra))
+    loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
+    best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
+    click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")

@@ -13,6 +13,7 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -62,15 +63,33 @@ def save_weights(
         "trained": "yes" if trained else "no",
         "description": description,
     }
+    write_atomically(path, lambda temporary: save_file(state, temporary, metadata=metadata))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(temporary)` on a file beside `path`, then rename it onto `path`.
+
+    A reader sees the old file or the new one, never half of one: a crash or
+    a full disk during `write` leaves `path` as it was. The file gets the
+    permissions a plain `open()` would give it (mkstemp's are owner-only).
+    """
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
+    temporary = Path(name)
     try:
-        save_file(state, temporary, metadata=metadata)
+        write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def default_weights_path() -> Path:

@@ -146,3 +146,15 @@ def test_safetensors_whose_header_length_looks_like_a_pickle_still_loads(tmp_pat
             break
     assert path.read_bytes()[0] == 0x80
     assert load_model(path).config == tiny_model.config
+
+
+def test_weights_file_gets_the_permissions_of_an_ordinary_file(tmp_path, tiny_model):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        save_weights(tiny_model, tmp_path / "tiny.safetensors")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "tiny.safetensors").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny.safetensors"]  # no temporary left behind

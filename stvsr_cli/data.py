@@ -1,0 +1,515 @@
+"""Training data: 7-frame HR windows from four layouts, and the LR inputs made from them.
+
+Every DATA argument of `stvsr train` is one *source*, detected by its layout
+(`open_source`):
+
+- a Vimeo-90K septuplet root: `sequences/xxxxx/yyyy/im1..im7.png` and `sep_trainlist.txt`;
+- a folder of clips: one subfolder of numbered frames per clip (Vid4, REDS,
+  `shared/data/train/clips`), or a single such clip folder;
+- a video file, or a folder of them, decoded with PyAV (imported only here,
+  so the rest of stvsr trains on frame folders without it);
+- a folder of still photographs, each turned into a 7-frame clip by a
+  synthetic camera move.
+
+Where detection guesses wrong, `KIND:PATH` names the layout (`vimeo:`,
+`clips:`, `videos:`, `stills:`).
+
+A sample is a pure function of (seed, sample index) (`TrainingSet`), so a
+resumed or distributed run sees exactly the samples an uninterrupted
+single-process run would, however many loader workers there are. The LR
+input is always `frames.make_lr` of HR frames 0, 2, 4, 6, the rule `stvsr
+eval` uses too.
+
+Real footage can hold scene cuts (`bikes.mp4` has five): a window whose
+neighbouring frames differ by more than `windows.DEFAULT_SCENE_THRESHOLD`
+in luma histogram is rejected and another is drawn, so the network never
+learns to blend across a cut.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .errors import StvsrError
+from .frames import IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, vimeo_septuplets
+from .metrics import quantize
+from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
+
+WINDOW = 7  # HR frames per sample: 2n + 1 for MEGAN's n + 1 = 4 inputs
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m"})
+KINDS = ("vimeo", "clips", "videos", "stills")
+DRAWS = 20  # windows drawn for one sample before giving up on scene cuts
+
+
+# --- sources -----------------------------------------------------------------------------
+
+
+class Source:
+    """Numbered 7-frame windows of one DATA argument."""
+
+    kind: str
+    path: Path
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        """Window `index` as (7, 3, size, size) floats in [0, 1] at a random
+        position, or None when it crosses a scene cut."""
+        raise NotImplementedError
+
+    def validation_keys(self) -> list[int]:
+        """The windows validation may use: non-overlapping ones, in order."""
+        raise NotImplementedError
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        """Window `key` centre-cropped to at most size x size, as (7, 3, H, W)
+        uint8; None when it crosses a scene cut."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.kind}, {len(self):,} windows)"
+
+
+class VimeoSource(Source):
+    kind = "vimeo"
+
+    def __init__(self, root: Path, list_name: str) -> None:
+        self.path = root
+        self.septuplets = vimeo_septuplets(root, list_name)
+
+    def __len__(self) -> int:
+        return len(self.septuplets)
+
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        return _random_crop(read_clip(self.septuplets[index]), size, rng)
+
+    def validation_keys(self) -> list[int]:
+        return list(range(len(self)))
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        return _to_uint8(_centre_crop(read_clip(self.septuplets[key]), size))
+
+
+class ClipSource(Source):
+    """Folders of numbered frames; every run of 7 consecutive frames is a window."""
+
+    kind = "clips"
+
+    def __init__(self, path: Path, clips: list[list[Path]], size: int) -> None:
+        self.path = path
+        self.clips = [frames for frames in clips if len(frames) >= WINDOW]
+        if not self.clips:
+            raise StvsrError(f"{path}: no clip has the {WINDOW} frames a training window needs")
+        for frames in self.clips:
+            with Image.open(frames[0]) as image:
+                _check_size(frames[0].parent, image.width, image.height, size)
+        counts = [len(frames) - WINDOW + 1 for frames in self.clips]
+        self.starts = torch.tensor([0, *counts]).cumsum(0)  # first window index of each clip
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _locate(self, index: int) -> list[Path]:
+        clip = int(torch.searchsorted(self.starts, index, right=True)) - 1
+        start = index - int(self.starts[clip])
+        return self.clips[clip][start : start + WINDOW]
+
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        frames = read_clip(self._locate(index))
+        return None if _crosses_cut(frames) else _random_crop(frames, size, rng)
+
+    def validation_keys(self) -> list[int]:
+        return _every_seventh(self.starts)
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        frames = read_clip(self._locate(key))
+        return None if _crosses_cut(frames) else _to_uint8(_centre_crop(frames, size))
+
+
+class VideoSource(Source):
+    """Video files; a window is 7 consecutive decoded frames, found by seeking."""
+
+    kind = "videos"
+
+    def __init__(self, path: Path, files: list[Path], size: int) -> None:
+        self.path = path
+        self.files, self.counts = [], []
+        for file in files:
+            frames, width, height = _probe_video(file)
+            _check_size(file, width, height, size)
+            if frames >= WINDOW:
+                self.files.append(file)
+                self.counts.append(frames - WINDOW + 1)
+        if not self.files:
+            raise StvsrError(f"{path}: no video has the {WINDOW} frames a training window needs")
+        self.starts = torch.tensor([0, *self.counts]).cumsum(0)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _decode(self, index: int) -> Tensor | None:
+        video = int(torch.searchsorted(self.starts, index, right=True)) - 1
+        frames = _decode_window(self.files[video], index - int(self.starts[video]))
+        return None if frames is None or _crosses_cut(frames) else frames
+
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        frames = self._decode(index)
+        return None if frames is None else _random_crop(frames, size, rng)
+
+    def validation_keys(self) -> list[int]:
+        return _every_seventh(self.starts)
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        frames = self._decode(key)
+        return None if frames is None else _to_uint8(_centre_crop(frames, size))
+
+
+class StillSource(Source):
+    """Photographs, each the first frame of a synthetic camera move.
+
+    One sample: the photo, shrunk by a random factor in [0.5, 1] (antialiased,
+    so scale varies and fine detail stays real), is sampled by one
+    `grid_sample` call through 7 affine transforms that vary smoothly in time:
+    a pan with constant acceleration, a zoom and a small rotation, each
+    quadratic or linear in t. The frames are then 8-bit like real ones.
+    """
+
+    kind = "stills"
+    max_speed = 6.0  # HR pixels per frame
+    max_acceleration = 1.0  # HR pixels per frame squared
+    max_zoom = 0.015  # log scale per frame
+    max_turn = math.radians(0.5)  # per frame
+
+    def __init__(self, path: Path, images: list[Path], size: int) -> None:
+        self.path = path
+        self.images = images
+        for image_path in images:
+            with Image.open(image_path) as image:
+                _check_size(image_path, image.width, image.height, size)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> str:
+        return f"{self.path} (stills, {len(self):,} photos with synthetic camera motion)"
+
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        photo = read_frame(self.images[index]).float().div(255)
+        return camera_move(photo, size, rng)
+
+    def validation_keys(self) -> list[int]:
+        return list(range(len(self)))
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        photo = read_frame(self.images[key]).float().div(255)
+        side = min(size, *photo.shape[-2:]) // SCALE * SCALE
+        return _to_uint8(camera_move(photo, side, torch.Generator().manual_seed(key)))
+
+
+def camera_move(photo: Tensor, size: int, rng: torch.Generator) -> Tensor:
+    """(3, H, W) in [0, 1] -> (7, 3, size, size): a smooth random camera move over the photo."""
+    shortest = min(photo.shape[-2:])
+    shrink = max(_uniform(rng, 0.5, 1.0), size / shortest)
+    if shrink < 1:
+        height, width = (round(side * shrink) for side in photo.shape[-2:])
+        photo = F.interpolate(photo[None], size=(height, width), mode="bicubic", antialias=True)[0]
+    _, height, width = photo.shape
+
+    t = torch.arange(WINDOW, dtype=torch.float64) - WINDOW // 2  # time, centred on the middle frame
+    velocity = [_uniform(rng, -StillSource.max_speed, StillSource.max_speed) for _ in range(2)]
+    acceleration = [_uniform(rng, -StillSource.max_acceleration, StillSource.max_acceleration) for _ in range(2)]
+    offset = torch.stack([v * t + a * t * t / 2 for v, a in zip(velocity, acceleration)], dim=1)  # (7, 2) x, y
+    zoom = torch.exp(_uniform(rng, -StillSource.max_zoom, StillSource.max_zoom) * t)
+    turn = _uniform(rng, -StillSource.max_turn, StillSource.max_turn) * t
+
+    # Centre the move where the whole path stays inside the photo (when it fits).
+    reach = float((zoom * size / math.sqrt(2)).max())
+    low = offset.min(0).values.neg() + reach
+    high = torch.tensor([width, height], dtype=torch.float64) - offset.max(0).values - reach
+    start = [_uniform(rng, float(lo), float(hi)) if lo < hi else float(lo + hi) / 2 for lo, hi in zip(low, high)]
+    centre = torch.tensor(start, dtype=torch.float64) + offset  # (7, 2) in pixels
+
+    # affine_grid maps output coordinates in [-1, 1] (over size) to input ones (over W, H).
+    half = size / 2
+    theta = torch.zeros(WINDOW, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = 2 / width * zoom * turn.cos() * half
+    theta[:, 0, 1] = -2 / width * zoom * turn.sin() * half
+    theta[:, 1, 0] = 2 / height * zoom * turn.sin() * half
+    theta[:, 1, 1] = 2 / height * zoom * turn.cos() * half
+    theta[:, 0, 2] = 2 * centre[:, 0] / width - 1
+    theta[:, 1, 2] = 2 * centre[:, 1] / height - 1
+    grid = F.affine_grid(theta.float(), [WINDOW, 3, size, size], align_corners=False)  # (7, size, size, 2)
+    # all 7 frames in one call: the grids stacked vertically over one image
+    frames = F.grid_sample(
+        photo[None], grid.reshape(1, WINDOW * size, size, 2), mode="bicubic", padding_mode="reflection",
+        align_corners=False,
+    )
+    return quantize(frames.view(3, WINDOW, size, size).transpose(0, 1))
+
+
+# --- detecting a source ----------------------------------------------------------------------
+
+
+def open_source(spec: str | Path, size: int, *, validation: bool = False) -> Source:
+    """The source a DATA argument names, detected by its layout; `KIND:PATH` forces one.
+
+    `size` is the HR crop (4 x the LR crop): every frame must be at least
+    that large. A Vimeo-90K root gives `sep_testlist.txt` for validation
+    (if it has one) and `sep_trainlist.txt` for training.
+    """
+    kind, path = _split_kind(str(spec))
+    if not path.exists():
+        raise StvsrError(
+            f"{path} does not exist; give a video, a folder of clips, a folder of photos or a Vimeo-90K root"
+        )
+    if kind is None:
+        kind = _detect(path)
+    if kind == "vimeo":
+        lists = ["sep_testlist.txt", "sep_trainlist.txt"] if validation else ["sep_trainlist.txt"]
+        return VimeoSource(path, next((name for name in lists if (path / name).is_file()), lists[-1]))
+    if kind == "videos":
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+        if not files:
+            raise StvsrError(f"{path}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))})")
+        return VideoSource(path, files, size)
+    if not path.is_dir():
+        raise StvsrError(f"{path} is a file; {kind} are read from a folder")
+    if kind == "clips":
+        folders = [path] if list_frames(path) else sorted(p for p in path.iterdir() if p.is_dir() and list_frames(p))
+        if not folders:
+            raise StvsrError(f"{path}: no folders of frames")
+        return ClipSource(path, [list_frames(folder) for folder in folders], size)
+    images = list_frames(path)
+    if not images:
+        raise StvsrError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return StillSource(path, images, size)
+
+
+def _split_kind(spec: str) -> tuple[str | None, Path]:
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in KINDS:
+        return prefix, Path(rest)
+    return None, Path(spec)
+
+
+def _detect(path: Path) -> str:
+    if path.is_file():
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            return "videos"
+        raise StvsrError(f"{path}: not a video file; photos are given as a folder (stills:FOLDER)")
+    if is_vimeo_root(path):
+        return "vimeo"
+    entries = list(path.iterdir())
+    if any(p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES for p in entries):
+        return "videos"
+    if any(p.is_dir() and _numbered_frames(list_frames(p)) for p in entries):
+        return "clips"
+    images = list_frames(path)
+    if len(images) >= WINDOW and _numbered_frames(images):
+        return "clips"  # a single clip: 00000.png, 00001.png, ...
+    if images:
+        return "stills"
+    raise StvsrError(
+        f"{path}: no known layout. Give a video or a folder of videos, a folder of clip folders "
+        "(frames numbered in each), a folder of photos, or a Vimeo-90K root (sequences/ and sep_trainlist.txt); "
+        "KIND:PATH forces one of " + ", ".join(KINDS)
+    )
+
+
+def _numbered_frames(images: list[Path]) -> bool:
+    """Names with digits that differ only in their digits (frame_0001.png, frame_0002.png, ...)."""
+    patterns = {re.sub(r"\d+", "#", p.name.lower()) for p in images}
+    return len(patterns) == 1 and "#" in patterns.pop()
+
+
+def _check_size(what: Path, width: int, height: int, size: int) -> None:
+    if min(width, height) < size:
+        raise StvsrError(
+            f"{what}: frames of {width}x{height} are smaller than the {size}x{size} HR crop "
+            f"(--crop {size // SCALE} LR pixels); use a smaller --crop or larger frames"
+        )
+
+
+# --- the training set ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BadData:
+    """A data error raised in a loader worker, carried to the main process as a value,
+    so that it reaches the user as one line instead of a worker traceback."""
+
+    message: str
+
+
+class TrainingSet(Dataset):
+    """Sample `index` -> (LR (4, 3, crop, crop), HR (7, 3, 4 crop, 4 crop)), floats in [0, 1].
+
+    Windows are drawn uniformly over all windows of all sources (so a source
+    weighs as much as it holds; a photo counts as one window). Augmentation:
+    the 8 flips and 90-degree rotations of the square crop, and reversed time,
+    each equally likely. All randomness comes from a generator seeded with
+    (seed, index), so a sample never depends on which process or worker made it.
+    """
+
+    def __init__(self, sources: Sequence[Source], crop: int, seed: int = 0) -> None:
+        self.sources = list(sources)
+        self.size = crop * SCALE
+        self.seed = seed
+        self.starts = torch.tensor([0, *(len(source) for source in self.sources)]).cumsum(0)
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor] | BadData:
+        try:
+            return self.sample(index)
+        except StvsrError as error:
+            return BadData(str(error))
+
+    def sample(self, index: int) -> tuple[Tensor, Tensor]:
+        rng = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
+        for _ in range(DRAWS):
+            which = int(torch.randint(len(self), (1,), generator=rng))
+            source = int(torch.searchsorted(self.starts, which, right=True)) - 1
+            hr = self.sources[source].window(which - int(self.starts[source]), self.size, rng)
+            if hr is not None:
+                hr = augment(hr, rng)
+                return make_lr(hr[0::2]), hr
+        raise StvsrError(
+            f"{DRAWS} windows drawn in a row crossed scene cuts or ran past the end of a video; "
+            "is a folder of unrelated photos being read as a clip? Name it stills:FOLDER"
+        )
+
+
+def augment(hr: Tensor, rng: torch.Generator) -> Tensor:
+    """(T, 3, S, S): a random one of the 8 flips and rotations, and time reversed half the time."""
+    flip, turns, reverse = (int(x) for x in torch.randint(0, 4, (3,), generator=rng) % torch.tensor([2, 4, 2]))
+    if flip:
+        hr = hr.flip(-1)
+    hr = hr.rot90(turns, dims=(-2, -1))
+    if reverse:
+        hr = hr.flip(0)
+    return hr.contiguous()
+
+
+def collate(samples: list[tuple[Tensor, Tensor] | BadData]) -> tuple[Tensor, Tensor] | BadData:
+    """Stack samples into a batch, or pass on the first data error."""
+    for sample in samples:
+        if isinstance(sample, BadData):
+            return sample
+    lr, hr = zip(*samples)
+    return torch.stack(lr), torch.stack(hr)
+
+
+def validation_set(specs: Sequence[str | Path], size: int, limit: int) -> list[Tensor]:
+    """At most `limit` HR windows (7, 3, H, W) uint8, evenly spread over the sources'
+    non-overlapping windows; only the chosen ones are read. Windows that cross
+    a scene cut are left out, so there can be fewer."""
+    candidates = [(source, key) for spec in specs for source in [open_source(spec, 0, validation=True)]
+                  for key in source.validation_keys()]
+    if len(candidates) > limit:
+        candidates = [candidates[round(i * (len(candidates) - 1) / max(limit - 1, 1))] for i in range(limit)]
+    windows = [window for source, key in candidates if (window := source.validation_window(key, size)) is not None]
+    if not windows:
+        raise StvsrError(f"no validation window of {WINDOW} frames without a scene cut in {', '.join(map(str, specs))}")
+    return windows
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _uniform(rng: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=rng, dtype=torch.float64))
+
+
+def _random_crop(frames: Tensor, size: int, rng: torch.Generator) -> Tensor:
+    height, width = frames.shape[-2:]
+    top = int(torch.randint(height - size + 1, (1,), generator=rng))
+    left = int(torch.randint(width - size + 1, (1,), generator=rng))
+    return frames[..., top : top + size, left : left + size]
+
+
+def _centre_crop(frames: Tensor, size: int) -> Tensor:
+    """At most size x size from the middle, both sides multiples of 4."""
+    height, width = frames.shape[-2:]
+    h, w = min(height, size) // SCALE * SCALE, min(width, size) // SCALE * SCALE
+    top, left = (height - h) // 2, (width - w) // 2
+    return frames[..., top : top + h, left : left + w]
+
+
+def _every_seventh(starts: Tensor) -> list[int]:
+    """Window indices 0, 7, 14, ... of each clip or video, given where each one's windows start."""
+    return [key for first, end in zip(starts[:-1].tolist(), starts[1:].tolist()) for key in range(first, end, WINDOW)]
+
+
+def _to_uint8(frames: Tensor) -> Tensor:
+    return frames.mul(255).round().to(torch.uint8)
+
+
+def _crosses_cut(frames: Tensor) -> bool:
+    return any(scene_change(a, b) > DEFAULT_SCENE_THRESHOLD for a, b in zip(frames[:-1], frames[1:]))
+
+
+# --- video decoding (PyAV, imported only when a video is used) ---------------------------------------
+
+
+def _open_video(path: Path):
+    try:
+        import av
+    except ImportError:
+        raise StvsrError(f"{path}: reading videos needs PyAV (pip install av); or train on folders of frames") from None
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as error:
+        raise StvsrError(f"{path}: not a readable video ({error})") from None
+
+
+def _probe_video(path: Path) -> tuple[int, int, int]:
+    """Frame count, width and height; the count from the packets when the header has none."""
+    with _open_video(path) as container:
+        if not container.streams.video:
+            raise StvsrError(f"{path}: has no video stream")
+        stream = container.streams.video[0]
+        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+        return frames, stream.codec_context.width, stream.codec_context.height
+
+
+def _decode_window(path: Path, start: int) -> Tensor | None:
+    """Frames start .. start + 6 of a video as (7, 3, H, W) in [0, 1]; None past the end.
+
+    Seeks to the key frame before the window and decodes forward to it;
+    frames are matched by their presentation time at the stream's frame rate.
+    """
+    import av
+
+    with _open_video(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        origin = stream.start_time or 0
+        step = 1 / (rate * stream.time_base)  # one frame in time-base units
+        target = origin + int(round(start * step))
+        frames = []
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts < target - step / 2:
+                    continue
+                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+                if len(frames) == WINDOW:
+                    break
+        except av.error.FFmpegError as error:
+            raise StvsrError(f"{path}: decoding failed near frame {start} ({error})") from None
+    if len(frames) < WINDOW:
+        return None
+    return torch.stack(frames).float().div(255)

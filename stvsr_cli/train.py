@@ -1,0 +1,458 @@
+"""Training MEGAN: `train(TrainOptions(...))`, what `stvsr train` runs.
+
+The default recipe is the paper's (MEGAN sec. 4.1): Charbonnier loss with
+eps 1e-3, Adam, the learning rate annealed by a cosine from 1e-4 to 1e-7
+over 20,000 iterations, batch 16, LR crops of 32x32 (HR 128x128); every
+value is an option. The paper gives no Adam betas, so PyTorch's defaults
+(0.9, 0.999) are used (Zooming Slow-Mo used (0.9, 0.99)). The loss is the
+mean, not the sum, of the per-pixel Charbonnier terms, so its size does not
+depend on the batch or the crop.
+
+Choices made here:
+
+- Steps whose loss (or, without a gradient scaler, gradient norm) is not
+  finite are skipped, counted, and logged; `max_bad_steps` of them in a row
+  stop the run with an error, before the weights are touched.
+- Mixed precision on a GPU (bf16 where supported, else fp16 with a gradient
+  scaler); fp32 on the CPU.
+- `--batch` is the global batch: under `torchrun` each of W processes takes
+  batch / W samples of it, and sample i of step s is the same picture
+  whatever W is (see `data.TrainingSet`). Gradients are averaged by
+  DistributedDataParallel, so the weights stay identical on every process.
+- A checkpoint (RUN_DIR/checkpoint.pt) holds the model, optimiser,
+  scheduler, gradient scaler, step, every process's RNG state and the
+  recipe; it is written atomically, so a crash during a write leaves the
+  previous one usable. `--resume` continues from it exactly: on the CPU the
+  weights equal an uninterrupted run's bit for bit.
+- Validation here is a quick check: the PSNR on Y (`metrics.psnr_y`) of
+  every output frame of 7-frame windows of the validation data, inputs
+  made with `frames.make_lr` from frames 0, 2, 4, 6, windows centre-cropped
+  to `val_size` so memory stays bounded, averaged over windows. `stvsr
+  eval` is the full protocol (whole frames, SSIM, per-clip averages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from . import __version__
+from .config import MEGANConfig
+from .data import BadData, TrainingSet, collate, open_source, validation_set
+from .errors import StvsrError
+from .frames import SCALE, make_lr
+from .inference import Upscaler, resolve_device, resolve_precision
+from .megan import MEGAN
+from .metrics import psnr_y
+from .runlog import RunLog, progress_bar
+from .weights import clean_state_dict, load_state_strict, read_weights, save_weights, write_atomically
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
+# What makes one run the same run: --resume refuses to continue with different values.
+RECIPE = ("preset", "init", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
+
+
+@dataclass
+class TrainOptions:
+    """Everything a training run needs; the defaults are the paper's recipe."""
+
+    data: Sequence[str | Path]  # sources, detected by layout (see stvsr_cli.data)
+    out: Path  # the run folder
+    preset: str | None = None  # network size for a new run; "paper" unless `init` gives one
+    init: Path | None = None  # start from these weights (a weights file or a checkpoint)
+    resume: bool = False  # continue from out/checkpoint.pt
+    iters: int = 20_000
+    batch: int = 16
+    lr: float = 1e-4
+    lr_min: float = 1e-7
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-3  # Charbonnier epsilon
+    crop: int = 32  # LR crop side; the HR crop is 4x
+    seed: int = 0
+    val: Sequence[str | Path] = ()
+    val_every: int = 1000
+    val_windows: int = 32  # at most this many validation windows
+    val_size: int = 256  # HR centre crop of a validation window
+    save_every: int = 1000
+    log_every: int = 10
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    max_bad_steps: int = 10
+    quiet: bool = False
+
+    def check(self) -> None:
+        positive = ("iters", "batch", "crop", "val_every", "val_windows", "val_size", "save_every", "log_every")
+        problems = [f"--{name.replace('_', '-')} must be positive" for name in positive if getattr(self, name) < 1]
+        if not self.data:
+            problems.append("give at least one DATA source")
+        if not 0 < self.lr_min <= self.lr:
+            problems.append(f"need 0 < --lr-min <= --lr (got {self.lr_min} and {self.lr})")
+        if self.eps <= 0:
+            problems.append("--eps must be positive")
+        if self.workers < 0:
+            problems.append("--workers must not be negative")
+        if self.preset is not None and self.init is not None:
+            problems.append("--init's weights define the network; drop --preset")
+        if problems:
+            raise StvsrError("; ".join(problems))
+
+    def recipe(self) -> dict:
+        values = {name: getattr(self, name) for name in RECIPE}
+        values["init"] = None if self.init is None else str(self.init)
+        values["betas"] = [float(beta) for beta in self.betas]
+        return values
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    loss: float | None  # mean training loss of the last logging interval
+    best_psnr: float | None  # best validation PSNR-Y in dB, if validated
+    skipped_steps: int  # steps skipped for a non-finite loss or gradient
+    model: MEGAN  # the trained network (on the training device, in eval mode)
+
+
+def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
+    """Mean of sqrt((prediction - target)^2 + eps^2), the paper's loss (sec. 3.5)."""
+    return torch.sqrt((prediction - target).square() + eps * eps).mean()
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Train MEGAN as `options` say; see the module docstring for the recipe."""
+    options.check()
+    rank, world, device, started_here = _start_processes(options.device)
+    try:
+        return _train(options, rank, world, device)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -> TrainResult:
+    if options.batch % world:
+        raise StvsrError(f"--batch {options.batch} does not split over {world} processes; make it a multiple")
+    run_dir = Path(options.out)
+    console = Console(stderr=True, quiet=options.quiet or rank != 0)
+    checkpoint = _open_run(run_dir, options)
+    _barrier(world)  # every process has looked at the run folder before rank 0 writes to it
+
+    dtype = resolve_precision(options.precision, device)
+    sources = [open_source(spec, options.crop * SCALE) for spec in options.data]
+    windows = validation_set(options.val, options.val_size, options.val_windows) if options.val else []
+    for source in sources:
+        console.print(f"data: {source.describe()}")
+    if windows:
+        console.print(f"validation: {len(windows)} windows from {', '.join(map(str, options.val))}")
+
+    # The network, optimiser and schedule, fresh or as the checkpoint left them.
+    state = None
+    if checkpoint is not None:
+        config = MEGANConfig.from_dict(checkpoint["config"])
+    elif options.init is not None:
+        config, state = read_weights(options.init)
+    else:
+        config = MEGANConfig.preset(options.preset or "paper")
+    torch.manual_seed(options.seed)
+    model = MEGAN(config)
+    if state is not None:
+        load_state_strict(model, state, source=str(options.init))
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=tuple(options.betas))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.iters, eta_min=options.lr_min)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    step, best, skipped = 0, None, 0
+    interval = [0.0, 0, 0]  # since the last log line: sum of finite losses, their steps, all steps
+    if checkpoint is not None:
+        load_state_strict(model, checkpoint["model"], source=str(run_dir / CHECKPOINT))
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["scheduler"])
+        if scaler.is_enabled() and checkpoint["scaler"]:  # empty when the run so far was not fp16
+            scaler.load_state_dict(checkpoint["scaler"])
+        step, best, skipped = checkpoint["step"], checkpoint["best_psnr"], checkpoint["skipped_steps"]
+        interval = list(checkpoint["interval"])
+        _restore_rng(checkpoint["rng"], rank, device, fallback=options.seed + 1 + rank + step)
+    else:
+        torch.manual_seed(options.seed + 1 + rank)  # LMGA's random memory draws
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the crop size never changes
+    network = model
+    if world > 1:
+        network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    console.print(
+        f"network: {model.num_parameters():,} parameters ({_describe(options, checkpoint)}); "
+        f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es); step {step} of {options.iters}"
+    )
+    log = RunLog(run_dir, keep_until=step) if rank == 0 else None
+    if rank == 0 and checkpoint is None:
+        _write_options(run_dir, options, config)
+
+    loader = DataLoader(
+        TrainingSet(sources, options.crop, options.seed),
+        batch_sampler=_StepBatches(step, options.iters, options.batch, rank, world),
+        num_workers=options.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if options.workers else None,
+        generator=torch.Generator(),  # the loader must not draw from the global RNG (exact resume)
+    )
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    last_loss, bad_in_a_row, seconds, mark = None, 0, 0.0, time.perf_counter()
+
+    with progress_bar(console, enabled=not options.quiet and rank == 0) as progress:
+        task = progress.add_task("train", total=options.iters, completed=step, loss="-", lr="-")
+        for batch in loader:
+            if isinstance(batch, BadData):
+                raise StvsrError(batch.message)
+            lr_frames, hr_frames = (t.to(device, non_blocking=True) for t in batch)
+            loss_value, applied = _optimise(network, optimizer, scaler, lr_frames, hr_frames, options.eps, autocast,
+                                            world)
+            if applied:
+                bad_in_a_row = 0
+                interval[0] += loss_value
+                interval[1] += 1
+            else:
+                skipped += 1
+                bad_in_a_row += 1
+                if bad_in_a_row >= options.max_bad_steps:
+                    raise StvsrError(
+                        f"stopped at step {step + 1}: {bad_in_a_row} steps in a row had a non-finite loss or "
+                        f"gradient; the weights of step {step} are intact. Try a lower --lr, --precision fp32, "
+                        "or --resume from the last checkpoint"
+                    )
+            with warnings.catch_warnings():  # after a skipped first step PyTorch warns of an order that is intended
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                schedule.step()
+            step += 1
+            interval[2] += 1
+            progress.update(task, advance=1, loss=f"{loss_value:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
+            seconds += time.perf_counter() - mark  # loading and training; validation and saving excluded
+
+            if step % options.log_every == 0 or step == options.iters:
+                last_loss = interval[0] / interval[1] if interval[1] else None
+                if log is not None:
+                    log.write({
+                        "step": step,
+                        "loss": last_loss,
+                        "lr": schedule.get_last_lr()[0],
+                        "it_per_s": round(interval[2] / seconds, 4),
+                        "skipped_steps": skipped,
+                    })
+                interval, seconds = [0.0, 0, 0], 0.0
+            if windows and (step % options.val_every == 0 or step == options.iters):
+                score = validate(model, windows, device, options.precision, rank, world)
+                improved = best is None or score > best
+                best = score if improved else best
+                if log is not None:
+                    log.write({"step": step, "val_psnr_y": round(score, 4), "val_windows": len(windows),
+                               "best": improved})
+                    if improved:
+                        save_weights(model, run_dir / "best.safetensors",
+                                     description=f"stvsr train: step {step}, validation PSNR-Y {score:.2f} dB")
+                    log.plot()
+                progress.console.print(f"step {step}: validation PSNR-Y {score:.2f} dB{' (best)' * improved}")
+            if step % options.save_every == 0 or step == options.iters:
+                rng = _gather_rng(device, world)
+                if rank == 0:
+                    save_checkpoint(run_dir / CHECKPOINT, model, optimizer, schedule, scaler, step, best, skipped,
+                                    interval, rng, options)
+            mark = time.perf_counter()
+
+    if rank == 0 and step >= options.iters:
+        save_weights(model, run_dir / "last.safetensors", description=f"stvsr train: step {step}")
+        log.plot()
+    return TrainResult(run_dir, step, last_loss, best, skipped, model.eval())
+
+
+def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, eps: float, autocast,
+              world: int) -> tuple[float, bool]:
+    """One optimisation step: the loss (mean over processes), and whether the weights were updated.
+
+    A non-finite loss, or without a gradient scaler a non-finite gradient
+    norm, leaves the weights alone; every process sees the same numbers, so
+    they all decide alike. With fp16 the scaler skips overflowing steps itself.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+        output = network(lr_frames)
+    loss = charbonnier(output.float(), hr_frames, eps)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    health = torch.stack([loss.detach(), torch.nn.utils.get_total_norm(grads).to(loss.device)]).float()
+    if world > 1:
+        dist.all_reduce(health)
+        health /= world
+    loss_value, norm_value = health.tolist()
+    applied = math.isfinite(loss_value) and (scaler.is_enabled() or math.isfinite(norm_value))
+    if applied:
+        scaler.step(optimizer)
+    scaler.update()
+    return loss_value, applied
+
+
+def validate(model: MEGAN, windows: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
+             world: int = 1) -> float:
+    """Mean PSNR-Y over the windows' 7 output frames; the processes share the windows.
+
+    The network runs through `Upscaler`, as `stvsr upscale` runs it (padding,
+    precision, clamping), and goes back to training mode after.
+    """
+    upscaler = Upscaler(model, device=str(device), precision=precision)
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of window scores, windows
+    try:
+        for window in windows[rank::world]:
+            hr = window.to(device).float().div(255)  # (7, 3, H, W)
+            output = upscaler(make_lr(hr[0::2]))
+            total[0] += sum(psnr_y(o, h) for o, h in zip(output, hr)) / len(hr)
+            total[1] += 1
+    finally:
+        model.train()
+    if world > 1:
+        dist.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+def save_checkpoint(path: Path, model: MEGAN, optimizer, schedule, scaler, step: int, best: float | None,
+                    skipped: int, interval: list, rng: list[dict], options: TrainOptions) -> None:
+    """Everything `--resume` needs, written atomically (read back with `torch.load(weights_only=True)`)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "stvsr_version": __version__,
+        "config": model.config.to_dict(),
+        "model": clean_state_dict(model.state_dict()),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": schedule.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "best_psnr": best,
+        "skipped_steps": skipped,
+        "interval": interval,  # so the next log line averages the same steps after --resume
+        "rng": rng,
+        "recipe": options.recipe(),
+    }
+    write_atomically(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types for a damaged file
+        raise StvsrError(f"{path} is not a readable checkpoint ({str(error).splitlines()[0]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise StvsrError(f"{path} is not a stvsr training checkpoint")
+    return checkpoint
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+class _StepBatches(Sampler):
+    """Step s, process r of W: samples s * batch + r * batch / W ... (batch / W of them)."""
+
+    def __init__(self, start: int, stop: int, batch: int, rank: int, world: int) -> None:
+        self.start, self.stop, self.per_process, self.batch, self.rank = start, stop, batch // world, batch, rank
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            first = step * self.batch + self.rank * self.per_process
+            yield list(range(first, first + self.per_process))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _start_processes(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """Rank, world size and device; under torchrun, the process group too."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world == 1:
+        return 0, 1, device, False
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    started_here = not dist.is_initialized()
+    if started_here:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device, started_here
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _open_run(run_dir: Path, options: TrainOptions) -> dict | None:
+    """The checkpoint to resume from (None for a new run), after checking the run folder."""
+    path = run_dir / CHECKPOINT
+    if not options.resume:
+        if path.exists():
+            raise StvsrError(f"{run_dir} already holds a run; add --resume to continue it, or choose another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return None
+    if not path.is_file():
+        raise StvsrError(f"--resume: {path} does not exist; start the run without --resume")
+    checkpoint = load_checkpoint(path)
+    saved, given = checkpoint["recipe"], options.recipe()
+    changed = [
+        f"--{name.replace('_', '-')} {saved[name]} (not {given[name]})" for name in RECIPE if saved[name] != given[name]
+    ]
+    if changed:
+        raise StvsrError(
+            f"--resume continues {run_dir} as it was started: give " + ", ".join(changed)
+            + ". To change the recipe, start a new run with --init " + str(path)
+        )
+    return checkpoint
+
+
+def _gather_rng(device: torch.device, world: int) -> list[dict]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if world == 1:
+        return [state]
+    states: list = [None] * world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _restore_rng(states: list[dict], rank: int, device: torch.device, fallback: int) -> None:
+    if rank >= len(states):  # resumed on more processes than saved it: new, distinct streams
+        torch.manual_seed(fallback)
+        return
+    torch.set_rng_state(states[rank]["cpu"])
+    if device.type == "cuda" and "cuda" in states[rank]:
+        torch.cuda.set_rng_state(states[rank]["cuda"], device)
+
+
+def _describe(options: TrainOptions, checkpoint: dict | None) -> str:
+    if checkpoint is not None:
+        return "resumed"
+    if options.init is not None:
+        return f"from {options.init}"
+    return f"preset {options.preset or 'paper'}"
+
+
+def _write_options(run_dir: Path, options: TrainOptions, config: MEGANConfig) -> None:
+    values = {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if k in ("data", "val") else v)
+              for k, v in dataclasses.asdict(options).items()}
+    text = json.dumps({"stvsr_version": __version__, "options": values, "network": config.to_dict()}, indent=2)
+    write_atomically(run_dir / "options.json", lambda temporary: temporary.write_text(text + "\n"))

@@ -1,0 +1,216 @@
+"""Training: each data layout, the recipe's safety nets, checkpoints, resume, DDP, the command.
+
+Everything runs the tiny preset on the CPU on generated data a few dozen
+pixels across (LR crops of 8), so each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stvsr_cli import MEGAN, PRESETS, StvsrError, load_model, save_weights
+from stvsr_cli.cli import main
+from stvsr_cli.data import TrainingSet, open_source
+from stvsr_cli.train import TrainOptions, charbonnier, load_checkpoint, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import make_layout, write_frames  # noqa: E402
+
+CROP = 8  # LR; HR crops are 32x32
+
+
+def options(data, out, **overrides) -> TrainOptions:
+    values = dict(data=[str(d) for d in data], out=out, iters=6, batch=2, crop=CROP, lr=2e-3, lr_min=1e-4,
+                  log_every=2, save_every=3, workers=0, device="cpu", quiet=True)
+    values.update(overrides)
+    return TrainOptions(**values)
+
+
+def fixed_loss(model: MEGAN, data: Path) -> float:
+    samples = TrainingSet([open_source(data, CROP * 4)], CROP, seed=123)
+    lr, hr = (torch.stack(x) for x in zip(*(samples.sample(i) for i in range(4))))
+    with torch.no_grad():
+        return float(charbonnier(model.eval()(lr), hr))
+
+
+@pytest.mark.parametrize("kind", ["clips", "vimeo", "videos", "stills"])
+def test_a_few_steps_on_each_layout_lower_the_loss(kind, tmp_path):
+    data = make_layout(kind, tmp_path)
+    assert open_source(data, CROP * 4).kind == kind
+    start = tmp_path / "start.safetensors"
+    save_weights(MEGAN(PRESETS["tiny"]), start)
+    result = train(options([data], tmp_path / "run", init=start, iters=5, lr=3e-3, lr_min=3e-3))
+    assert fixed_loss(result.model, data) < 0.8 * fixed_loss(load_model(start), data)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeypatch):
+    data = make_layout("clips", tmp_path)
+    # log lines every 3 steps: the one at step 3 averages steps on both sides of the checkpoint
+    straight = train(options([data], tmp_path / "straight", preset="tiny", iters=4, save_every=2, log_every=3))
+
+    import stvsr_cli.train as training
+
+    save = training.save_checkpoint
+
+    def save_then_die(path, model, optimizer, schedule, scaler, step, *rest):
+        save(path, model, optimizer, schedule, scaler, step, *rest)
+        raise KeyboardInterrupt  # killed right after the checkpoint of step 2
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(options([data], tmp_path / "resumed", preset="tiny", iters=4, save_every=2, log_every=3))
+    monkeypatch.setattr(training, "save_checkpoint", save)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["step"] == 2
+    # loader workers do not change the samples either
+    resumed = train(options([data], tmp_path / "resumed", preset="tiny", iters=4, save_every=2, log_every=3,
+                            resume=True, workers=1))
+
+    assert resumed.step == straight.step == 4
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    def log(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "it_per_s"}
+                for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+
+    assert log("resumed") == log("straight")
+
+
+def test_resume_refuses_a_changed_recipe_and_a_new_run_refuses_an_old_folder(tmp_path):
+    data = make_layout("clips", tmp_path)
+    train(options([data], tmp_path / "run", preset="tiny", iters=2))
+    with pytest.raises(StvsrError, match=r"--iters 2 \(not 4\)"):
+        train(options([data], tmp_path / "run", preset="tiny", iters=4, resume=True))
+    with pytest.raises(StvsrError, match="already holds a run; add --resume"):
+        train(options([data], tmp_path / "run", preset="tiny", iters=2))
+    with pytest.raises(StvsrError, match="does not exist; start the run without --resume"):
+        train(options([data], tmp_path / "new", preset="tiny", resume=True))
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
+    data = make_layout("clips", tmp_path)
+    run = tmp_path / "run"
+    real_save = torch.save
+    calls = []
+
+    def disk_full_on_second_save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"PK\x03\x04 half a checkpoint")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_on_second_save)
+    with pytest.raises(OSError, match="No space left"):
+        train(options([data], run, preset="tiny", iters=4, save_every=2))
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert (run / "checkpoint.pt").stat().st_mode & 0o077 == 0o644 & ~_umask() & 0o077  # not mkstemp's 0600
+    assert train(options([data], run, preset="tiny", iters=4, save_every=2, resume=True)).step == 4
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_non_finite_losses_are_skipped_and_too_many_stop_the_run(tmp_path, monkeypatch):
+    data = make_layout("clips", tmp_path)
+    import stvsr_cli.train as training
+
+    calls = []
+
+    def nan_on_second_step(prediction, target, eps=1e-3):
+        calls.append(1)
+        loss = charbonnier(prediction, target, eps)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(training, "charbonnier", nan_on_second_step)
+    result = train(options([data], tmp_path / "one", preset="tiny", iters=3))
+    assert result.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[-1])["skipped_steps"] == 1
+
+    monkeypatch.setattr(training, "charbonnier", lambda p, t, eps=1e-3: (p - t).sum() * float("inf"))
+    with pytest.raises(StvsrError, match="3 steps in a row had a non-finite loss"):
+        train(options([data], tmp_path / "many", preset="tiny", max_bad_steps=3))
+
+
+def test_the_command_writes_the_run_folder(tmp_path):
+    data = make_layout("clips", tmp_path)
+    val = write_frames(tmp_path / "val" / "clip", 7)
+    out = tmp_path / "run"
+    args = ["train", str(data), "--out", str(out), "--preset", "tiny", "--iters", "4", "--batch", "1",
+            "--crop", str(CROP), "--log-every", "2", "--val", str(val.parent), "--val-every", "2", "--workers", "0"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "trained 4 steps" in result.output
+    names = {p.name for p in out.iterdir()}
+    assert names == {
+        "checkpoint.pt", "last.safetensors", "best.safetensors", "log.jsonl", "progress.png", "options.json"
+    }
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert all(math.isfinite(r["val_psnr_y"]) for r in records if "val_psnr_y" in r)
+    assert (out / "progress.png").read_bytes().startswith(b"\x89PNG")
+    assert load_model(out / "best.safetensors").config == PRESETS["tiny"]
+
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1
+    assert again.output.strip().splitlines()[-1].startswith("stvsr: error:")
+
+
+def test_bad_data_in_a_loader_worker_is_one_line(tmp_path):
+    clip = write_frames(tmp_path / "clips" / "walk", 8)
+    (clip / "00003.png").write_bytes(b"not a picture")
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "clips"), "--out", str(tmp_path / "run"),
+                                       "--preset", "tiny", "--iters", "2", "--batch", "2", "--crop", str(CROP),
+                                       "--workers", "1"])
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("stvsr: error:") and "00003.png: not a readable image" in last
+    assert "Traceback" not in result.output
+
+
+# Also trains without PyAV, as the GPU machine has none.
+DDP_SCRIPT = """
+import os, sys
+sys.modules["av"] = None
+import torch
+from stvsr_cli.train import TrainOptions, train
+result = train(TrainOptions(data=[sys.argv[1]], out=sys.argv[2], preset="tiny", iters=3, batch=2, crop=8,
+                            lr=2e-3, workers=0, device="cpu", quiet=True))
+torch.save(result.model.state_dict(), f"{sys.argv[2]}/rank{os.environ['RANK']}.pt")
+"""
+
+
+def test_two_processes_with_ddp_keep_identical_weights(tmp_path):
+    data = make_layout("clips", tmp_path)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "run"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(data), str(out)],
+        check=True, env=environment, capture_output=True, timeout=300,
+    )
+    first, second = (torch.load(out / f"rank{rank}.pt") for rank in (0, 1))
+    torch.manual_seed(0)
+    initial = MEGAN(PRESETS["tiny"]).state_dict()
+    assert any(not torch.equal(first[name], initial[name]) for name in initial)  # it trained
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3

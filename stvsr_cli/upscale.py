@@ -216,7 +216,9 @@ class _Pipeline:
     def _upscale_and_stitch(self, plan_queue: queue.Queue, frame_queue: queue.Queue) -> None:
         """Network thread: run windows `batch` at a time, then assemble the
         output frames the plan asks for, in order."""
-        stitcher = Stitcher()
+        # A batch's emits name its own windows and at most the last window
+        # of the batch before (a blend of two neighbours): keep that many.
+        stitcher = Stitcher(keep=self.options.batch + 1)
         pending: list[Window[Tensor] | Emit] = []
         windows = 0
         for item in self._drain(plan_queue):

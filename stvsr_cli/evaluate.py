@@ -433,11 +433,13 @@ def write_json(report: EvalReport, path: str | os.PathLike) -> None:
 
 
 PLOT_CLIPS = 12  # more clips than this (Vimeo-90K) are plotted as one mean curve
+PLOT_MARKERS = 40  # up to this many frames a panel marks reconstructed and interpolated frames apart
 
 
 def plot_psnr(report: EvalReport, path: str | os.PathLike) -> None:
     """A PNG of PSNR-Y per GT frame, one panel per clip, model against the
-    baselines; interpolated frames are marked apart from reconstructed ones.
+    baselines; on short clips, interpolated frames are marked apart from
+    reconstructed ones.
     With more than `PLOT_CLIPS` clips, one panel of the mean per frame index."""
     import matplotlib
 
@@ -445,8 +447,8 @@ def plot_psnr(report: EvalReport, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     if len(report.clips) <= PLOT_CLIPS:
-        panels = [(f"{clip.name} ({clip.gt_frames} frames)", {row: [(f.index, f.psnr_y) for f in clip.frames[row]]
-                                                              for row in report.rows})
+        panels = [(f"{clip.name} ({len(clip.frames[MODEL])} of {clip.gt_frames} frames scored)",
+                   {row: [(f.index, f.psnr_y) for f in clip.frames[row]] for row in report.rows})
                   for clip in report.clips]
     else:
         panels = [(f"mean over {len(report.clips)} clips", {row: _mean_by_index(report, row) for row in report.rows})]
@@ -460,10 +462,12 @@ def plot_psnr(report: EvalReport, path: str | os.PathLike) -> None:
             x = [i for i, _ in points]
             y = [v for _, v in points]
             axis.plot(x, y, line, color=colour, label=row, linewidth=1.2)
-            axis.plot(x[1::2], y[1::2], "x", color=colour, markersize=4)  # interpolated frames
-            axis.plot(x[0::2], y[0::2], "o", color=colour, markersize=3)  # reconstructed frames
+            if len(x) <= PLOT_MARKERS:
+                axis.plot(x[1::2], y[1::2], "x", color=colour, markersize=4)  # interpolated frames
+                axis.plot(x[0::2], y[0::2], "o", color=colour, markersize=3)  # reconstructed frames
         axis.set_title(title, fontsize=10)
-        axis.set_xlabel("GT frame (o reconstructed, x interpolated)")
+        markers = len(max(curves.values(), key=len)) <= PLOT_MARKERS
+        axis.set_xlabel("GT frame" + (" (o reconstructed, x interpolated)" if markers else "; odd frames are interpolated"))
         axis.set_ylabel("PSNR-Y (dB)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)

@@ -192,7 +192,9 @@ def test_vimeo_septuplets_by_list_grouped_per_list(tmp_path):
     default = score(root, Constant(0))
     assert [(c.name, c.group, len(c.frames[MODEL])) for c in default.clips] == [
         ("00001/0001", "sep_testlist", 7), ("00001/0002", "sep_testlist", 7), ("00002/0001", "sep_testlist", 7)]
-    split = score(root, Constant(0), lists=("fast_testset.txt", "slow_testset.txt"))
+    split = score(root, Constant(0), lists=("fast_testset.txt", "slow_testset.txt"), save=tmp_path / "out")
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").glob("*/*/00006.png")) == [
+        "00001/0001/00006.png", "00001/0002/00006.png", "00002/0001/00006.png"]
     assert split.groups == ("fast_testset", "slow_testset")
     assert [c.name for c in split.clips if c.group == "slow_testset"] == ["00001/0002", "00002/0001"]
     assert split.mean(group="fast_testset") == split.clips[0].scores()

@@ -33,6 +33,7 @@ from .config import PRESETS, MEGANConfig
 from .errors import StvsrError
 from .megan import MEGAN
 from .encode import EncodeOptions
+from .evaluate import BLEND, MODEL, REPEAT, EvalOptions, EvalReport, check_output_file, evaluate, plot_psnr, write_json
 from .tiling import DEFAULT_TILE
 from .upscale import UpscaleOptions, upscale_video
 from .weights import load_model
@@ -100,6 +101,7 @@ def main(debug: bool) -> None:
     \b
     Examples:
       stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
+      stvsr eval data/vid4 --baselines
       stvsr info --preset paper
     """
 
@@ -138,18 +140,30 @@ def info(preset: str | None, weights: Path | None) -> None:
     console.print(counts)
 
 
+def _network_options(function):
+    """The options of every command that runs the network: weights, device,
+    precision, tiles and batch, the same for `upscale` and `eval`."""
+    options = [
+        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Weights file to use. [default: the shipped weights]"),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
+                     show_default=True, help="auto: bf16/fp16 on a GPU, fp32 on the CPU."),
+        click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
+                     help="Run frames larger than this many LR pixels as overlapping tiles; 0 runs whole frames."),
+        click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Windows (or tiles) per forward pass."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @main.command()
 @click.argument("input", type=click.Path(path_type=Path))
 @click.argument("output")  # a str: a trailing "/" asks for a frame directory
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
-              help="Weights file to use. [default: the shipped weights]")
-@click.option("--device", default="auto", show_default=True, help="auto (the GPU when there is one), cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
-              help="auto: bf16/fp16 on a GPU, fp32 on the CPU.")
-@click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
-              help="Run frames larger than this many LR pixels as overlapping tiles; 0 runs whole frames.")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Windows (or tiles) per forward pass.")
+@_network_options
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCENE_THRESHOLD, show_default=True,
               help="Luma-histogram change that counts as a scene cut; 0 turns detection off.")
 @click.option("--codec", default="libx264", show_default=True, help="ffmpeg video encoder, e.g. libx264, libx265, libsvtav1.")
@@ -201,6 +215,106 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
         )
 
 
+@main.command("eval")
+@click.argument("data", type=click.Path(path_type=Path))
+@_network_options
+@click.option("--list", "lists", multiple=True, metavar="FILE",
+              help="Vimeo-90K list file in DATA to score; repeat for several (fast, medium, slow). "
+                   "[default: sep_testlist.txt]")
+@click.option("--baselines", is_flag=True, help="Add the bicubic + blend and bicubic + repeat rows.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every number, per frame too, to this JSON file.")
+@click.option("--save", type=click.Path(file_okay=False, path_type=Path),
+              help="Write the model's predicted frames as SAVE/<clip>/00000.png ...")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG of PSNR-Y per frame, per clip, model against baselines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or table; warnings and errors still show.")
+def evaluate_command(data: Path, weights: Path | None, device: str, precision: str, tile: int, batch: int,
+                     lists: tuple[str, ...], baselines: bool, json_path: Path | None, save: Path | None,
+                     plot: Path | None, quiet: bool) -> None:
+    """Score the network against ground truth: PSNR and SSIM on Y and RGB.
+
+    DATA is a folder of clips in the Vid4 layout (DATA/<clip>/GT/*.png, with
+    DATA/<clip>/LR/*.png used when present, otherwise the inputs are made
+    from GT), a folder of clip folders holding their frames directly, or a
+    Vimeo-90K septuplet root. The inputs are GT frames 1, 3, 5, ... (counting
+    from 1) shrunk 4x; every GT frame up to the last input is predicted
+    through the same windows and stitching as `stvsr upscale`, and scored: all
+    of a clip of 2n+1 GT frames, the first 2n-1 of a clip of 2n (its last
+    frame has no input after it); clips of fewer than 3 frames are skipped.
+    The table shows the mean per clip and over clips, for all frames and for
+    the reconstructed (input time) and interpolated (in-between) ones.
+
+    \b
+    Examples:
+      stvsr eval data/vid4 --baselines
+      stvsr eval data/vid4 --weights run/best.safetensors --json vid4.json --plot vid4.png --save out/
+      stvsr eval vimeo_septuplet --list fast_testset.txt --list slow_testset.txt --device cuda
+    """
+    for path, option in ((json_path, "--json"), (plot, "--plot")):
+        if path is not None:
+            check_output_file(path, option)
+    options = EvalOptions(weights=weights, device=device, precision=precision, tile=tile, batch=batch,
+                          lists=lists, baselines=baselines, save=save)
+    console = Console(stderr=True, quiet=quiet)
+    with _warnings_to(Console(stderr=True)), _FrameProgress(console, "evaluating") as progress:
+        report = evaluate(data, options, progress=progress.update)
+    if json_path is not None:
+        write_json(report, json_path)
+    if plot is not None:
+        plot_psnr(report, plot)
+    if not quiet:
+        out = Console()
+        out.print(_report_table(report))
+        frames = sum(len(clip.frames[MODEL]) for clip in report.clips)
+        written = [f"{option} {path}" for option, path in (("--json", json_path), ("--plot", plot), ("--save", save))
+                   if path is not None]
+        out.print(f"Scored {frames} frames of {len(report.clips)} clip{'s' * (len(report.clips) != 1)} "
+                  f"in {report.seconds:.1f} s" + (f"; wrote {', '.join(written)}" if written else "") + ".",
+                  highlight=False, soft_wrap=True)
+
+
+_TABLE_CLIPS = 20  # more clips than this (Vimeo-90K) show only the means; --json has them all
+
+
+def _report_table(report: EvalReport) -> Table:
+    """Clips x methods; PSNR and SSIM on Y over all scored frames, then over
+    the reconstructed and the interpolated ones alone, then on RGB."""
+    table = Table(title="PSNR (dB) and SSIM: the mean per clip, then over clips")
+    table.add_column("clip")
+    table.add_column("method")
+    for name in ("PSNR-Y", "recon.", "interp.", "SSIM-Y", "recon.", "interp.", "PSNR-RGB", "SSIM-RGB"):
+        table.add_column(name, justify="right")
+
+    def add(label: str, scores_of, style: str | None = None) -> None:
+        for number, row in enumerate(report.rows):
+            every, recon, interp = (scores_of(row, kind) for kind in ("all", "reconstructed", "interpolated"))
+            table.add_row(
+                label if number == 0 else "", row,
+                *(f"{s.psnr_y:.2f}" for s in (every, recon, interp)),
+                *(f"{s.ssim_y:.4f}" for s in (every, recon, interp)),
+                f"{every.psnr_rgb:.2f}", f"{every.ssim_rgb:.4f}",
+                style=style, end_section=number == len(report.rows) - 1,
+            )
+
+    if len(report.clips) <= _TABLE_CLIPS:
+        for clip in report.clips:
+            add(f"{clip.name} ({len(clip.frames[MODEL])}/{clip.gt_frames})", clip.scores)
+    groups = [group for group in report.groups if group]
+    if len(groups) > 1:
+        for group in groups:
+            count = sum(clip.group == group for clip in report.clips)
+            add(f"{group} ({count} clips)", lambda row, kind, group=group: report.mean(row, kind, group))
+    add(f"mean of {len(report.clips)} clip{'s' * (len(report.clips) != 1)}", report.mean, style="bold")
+    described = {MODEL: "the network", BLEND: "bicubic x4, in-between frames averaged",
+                 REPEAT: "bicubic x4, in-between frames repeated"}
+    table.caption = (
+        "clip (scored/GT frames); recon.: reconstructed frames (input times), interp.: interpolated frames "
+        "(between inputs); " + "; ".join(f"{row}: {described[row]}" for row in report.rows)
+    )
+    return table
+
+
 @contextmanager
 def _warnings_to(console: Console):
     """Print the library's warnings as `stvsr: warning: ...` lines (above a
@@ -230,9 +344,9 @@ class _FrameProgress:
     """A rich progress bar of output frames: done/total, fps, elapsed, ETA.
     It appears when the work starts, not while inputs are being checked."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, label: str = "upscaling") -> None:
         self._progress = Progress(
-            TextColumn("upscaling"),
+            TextColumn(label),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("frames"),

@@ -3,9 +3,12 @@
 The stages run concurrently, joined by bounded queues so memory stays flat
 and no stage waits on another in steady state:
 
-    decode thread:  decode -> scene cuts -> windows (plan)   --plan queue-->
-    this thread:    network (tiled, batched) -> stitch         --frame queue-->
+    decode thread:  decode -> scene cuts                        --LR frame queue-->
+    this thread:    windows -> network -> stitch (`stream.upscale_frames`)  --HR frame queue-->
     encode thread:  encode (ffmpeg, audio and subtitles copied)
+
+The middle stage is the one `stvsr eval` runs too, so what eval scores is
+what upscale writes.
 
 Everything that can be checked before work starts is checked first (input,
 output path, codec, weights), so a bad option fails in a second, not after
@@ -15,7 +18,6 @@ temporary file: OUTPUT appears complete or not at all.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import threading
@@ -31,15 +33,12 @@ from torch import Tensor
 
 from .decode import VideoInfo, decode, probe
 from .encode import EncodeOptions, check_encoder, check_output, open_writer
-from .errors import StvsrError
 from .inference import Upscaler
-from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
-from .weights import default_weights_path, is_untrained
-from .windows import DEFAULT_SCENE_THRESHOLD, Emit, Stitcher, Window, WindowPlanner, scene_change
+from .stream import check_run_options, load_upscaler, upscale_frames
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
 
-log = logging.getLogger("stvsr")
-
-_QUEUE_WINDOWS = 4  # batches of plan items the decoder may run ahead
+_QUEUE_WINDOWS = 4  # batches of windows the decoder may run ahead (a window needs 2 new frames)
 _QUEUE_FRAMES = 16  # finished frames waiting for the encoder
 
 
@@ -91,14 +90,8 @@ def upscale_video(
     info = probe(input)
     check_output(input, output, overwrite=options.overwrite)
     check_encoder(options.encode, output)
-    if options.batch < 1:
-        raise StvsrError(f"--batch must be at least 1 (got {options.batch})")
-    if options.tile != 0 and options.tile < 2 * options.tile_overlap + 8:
-        raise StvsrError(f"--tile {options.tile} is too small; use 0 (no tiling) or at least {2 * options.tile_overlap + 8}")
-    weights = Path(options.weights) if options.weights is not None else default_weights_path()
-    upscaler = Upscaler.from_weights(weights, device=options.device, precision=options.precision)
-    if is_untrained(weights):
-        log.warning(f"{weights.name} is an untrained placeholder: the output shows what the pipeline does, not a real upscale")
+    check_run_options(options.tile, options.tile_overlap, options.batch)
+    upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
 
     scale = upscaler.scale
     size = (info.width * scale, info.height * scale)
@@ -137,7 +130,7 @@ class _Pipeline:
         self._errors: list[BaseException] = []
 
     def run(self, write: Callable[[np.ndarray], None], on_frame: Callable[[int], None]) -> int:
-        plan_queue: queue.Queue = queue.Queue(maxsize=_QUEUE_WINDOWS * self.options.batch * 4)
+        input_queue: queue.Queue = queue.Queue(maxsize=_QUEUE_WINDOWS * self.options.batch * 2)
         frame_queue: queue.Queue = queue.Queue(maxsize=_QUEUE_FRAMES)
         written = [0]
 
@@ -148,13 +141,13 @@ class _Pipeline:
                 on_frame(written[0])
 
         threads = [
-            threading.Thread(target=self._guard, args=(self._decode_and_plan, plan_queue), name="stvsr-decode", daemon=True),
+            threading.Thread(target=self._guard, args=(self._decode, input_queue), name="stvsr-decode", daemon=True),
             threading.Thread(target=self._guard, args=(encode,), name="stvsr-encode", daemon=True),
         ]
         for thread in threads:
             thread.start()
         try:
-            self._guard(self._upscale_and_stitch, plan_queue, frame_queue)
+            self._guard(self._upscale, input_queue, frame_queue)
             for thread in threads:
                 thread.join()
         except BaseException:  # Ctrl-C while joining: still stop the other stages
@@ -194,9 +187,8 @@ class _Pipeline:
                 return
             yield item
 
-    def _decode_and_plan(self, plan_queue: queue.Queue) -> None:
-        """Decode thread: frames -> (C, H, W) tensors -> cuts -> plan items."""
-        planner: WindowPlanner[Tensor] = WindowPlanner(self.upscaler.input_frames)
+    def _decode(self, input_queue: queue.Queue) -> None:
+        """Decode thread: frames -> (C, H, W) tensors, each with its scene-cut flag."""
         threshold = self.options.scene_threshold
         previous = None
         for array in decode(self.info):
@@ -205,46 +197,18 @@ class _Pipeline:
                 frame = frame.to(torch.int32).float().div_(65535)
             cut = previous is not None and threshold > 0 and scene_change(previous, frame) > threshold
             self.scene_cuts += cut
-            for item in planner.push(frame, cut=cut):
-                self._put(plan_queue, item)
+            self._put(input_queue, (frame, cut))
             previous = frame
             self.input_frames += 1
-        for item in planner.finish():
-            self._put(plan_queue, item)
-        self._put(plan_queue, _DONE)
+        self._put(input_queue, _DONE)
 
-    def _upscale_and_stitch(self, plan_queue: queue.Queue, frame_queue: queue.Queue) -> None:
-        """Network thread: run windows `batch` at a time, then assemble the
-        output frames the plan asks for, in order."""
-        stitcher = Stitcher()
-        pending: list[Window[Tensor] | Emit] = []
-        windows = 0
-        for item in self._drain(plan_queue):
-            pending.append(item)
-            windows += isinstance(item, Window)
-            if windows == self.options.batch:
-                self._run(pending, stitcher, frame_queue)
-                pending, windows = [], 0
-        self._run(pending, stitcher, frame_queue)
+    def _upscale(self, input_queue: queue.Queue, frame_queue: queue.Queue) -> None:
+        """Network thread: windows, network and stitch, output frames in order."""
+        frames = upscale_frames(self._drain(input_queue), self.upscaler, tile=self.options.tile,
+                                overlap=self.options.tile_overlap, batch=self.options.batch)
+        for frame in frames:
+            self._put(frame_queue, self._to_array(frame))
         self._put(frame_queue, _DONE)
-
-    def _run(self, items: list[Window[Tensor] | Emit], stitcher: Stitcher, frame_queue: queue.Queue) -> None:
-        windows = [item for item in items if isinstance(item, Window)]
-        if windows:
-            frames = torch.stack([torch.stack(window.frames) for window in windows])  # (B, n+1, 3, H, W)
-            outputs = upscale_tiled(
-                self.upscaler,
-                frames,
-                scale=self.upscaler.scale,
-                tile=self.options.tile,
-                overlap=self.options.tile_overlap,
-                batch=self.options.batch,
-            )  # (B, 2n+1, 3, 4H, 4W) float in [0, 1]
-            for window, output in zip(windows, outputs):
-                stitcher.add(window.key, output)
-        for item in items:
-            if isinstance(item, Emit):
-                self._put(frame_queue, self._to_array(stitcher.emit(item)))
 
     def _to_array(self, frame: Tensor) -> np.ndarray:
         """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, or uint16 for

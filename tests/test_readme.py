@@ -60,3 +60,26 @@ def test_readme_library_upscale_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(python_example("upscale_video("), "README.md", "exec"), namespace)
     assert namespace["result"].output_frames == 6
+
+
+def test_readme_eval_recipe_makes_a_vid4_folder_that_eval_scores_as_it_says(tmp_path, monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from stvsr_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samples").mkdir()
+    shutil.copy(ROOT / "samples" / "bbb_128x72.mp4", tmp_path / "samples")
+    exec(compile(python_example("av.open("), "README.md", "exec"), {})
+    data, scored, total = re.search(r"then `stvsr eval (\S+) --baselines` scores (\d+) of its (\d+) frames", README).groups()
+    assert len(list((tmp_path / data).glob("*/GT/*.png"))) == int(total)
+    result = CliRunner().invoke(main, ["eval", data, "--baselines", "--device", "cpu"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"Scored {scored} frames of 1 clip" in result.output and "bicubic + blend" in result.output
+
+    example = python_example("evaluate(").replace("data/vid4", data)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert namespace["report"].rows == ("model", "bicubic + blend", "bicubic + repeat")

@@ -104,6 +104,18 @@ def test_tiled_and_batched_runs_match_the_plain_run_closely(tmp_path, weights):
     assert (plain - tiled).abs().mean() < 2
 
 
+@pytest.mark.parametrize("batch", [2, 4])
+def test_large_batches_give_the_same_frames_as_one_window_at_a_time(tmp_path, weights, batch):
+    source = make_video(tmp_path / "in.mp4", frames=14, width=32, height=24, cut_at=9)
+    upscale([str(source), str(tmp_path / "one") + "/", "--tile", "0", "-q"], weights)
+    code, output = upscale([str(source), str(tmp_path / "many") + "/", "--tile", "0", "--batch", str(batch), "-q"], weights)
+    assert code == 0, output
+    one = torch.stack([read_png(p) for p in sorted((tmp_path / "one").glob("*.png"))]).float()
+    many = torch.stack([read_png(p) for p in sorted((tmp_path / "many").glob("*.png"))]).float()
+    assert one.shape == many.shape == (28, 96, 128, 3)
+    assert (one - many).abs().max() <= 1  # batched convolutions may round differently
+
+
 def test_the_library_call_reports_what_it_did(tmp_path, weights):
     source = make_video(tmp_path / "in.mp4", frames=5, cut_at=3)
     seen = []

@@ -1,0 +1,486 @@
+"""`evaluate`: score a network on clips with ground truth, as the field does.
+
+Data (`find_clips`):
+
+- Vid4 layout: `DATA/<clip>/GT/*.png`, with `DATA/<clip>/LR/*.png` used when
+  present. LR/ may hold as many frames as GT/ (every other one is an input,
+  as in Vid4's own LR folders) or exactly the inputs; without LR/ the inputs
+  are made from GT by `frames.make_lr`, the rule training uses.
+- A folder of clip folders whose frames lie directly inside (treated as GT),
+  like `shared/data/train/clips`; DATA itself may also be one clip.
+- A Vimeo-90K septuplet root (`sequences/` and its list files): each listed
+  septuplet is a clip named by its `xxxxx/yyyy` id, grouped by list file
+  (`sep_testlist.txt` by default; the fast/medium/slow splits are just other
+  lists, and several may be given, each reported as its own group).
+
+Frames, counted. The inputs are GT frames 0, 2, 4, ... (0-based), so a clip
+of 2n+1 GT frames has n+1 inputs and every GT frame is predicted; a clip of
+2n GT frames has n inputs and its last GT frame lies after the last input,
+where the pipeline only repeats a frame, so its first 2n-1 frames are scored.
+Either way `2 * inputs - 1` frames are scored: the *reconstructed* ones (even
+0-based index, an input's own time) and the *interpolated* ones between two
+inputs (odd 0-based index; the field's "even frames", counting from 1). A
+clip needs 3 GT frames (2 inputs and one frame between them); shorter clips
+are skipped with a warning. Clips of fewer than 7 GT frames (fewer than the
+network's 4 inputs) run as one window with edge frames repeated, as in
+`stvsr upscale`. GT frames whose sides are not multiples of 4 are cropped at
+the bottom and right (`frames.crop_to_multiple`).
+
+The network runs through `stream.upscale_frames`, the code `stvsr upscale`
+runs, so what is scored is what an upscale writes; scene-cut detection is
+off, since an evaluation clip is one shot.
+
+Metrics (`metrics.py`): PSNR and SSIM on Y (BT.601 as MATLAB computes it,
+no border crop) and on RGB, on predictions quantised to 8 bits. Averages
+are taken per clip (over all, reconstructed and interpolated frames), then
+over clips, as the field averages Vid4 and Vimeo-90K.
+
+Baselines, on the same frames: each input enlarged 4x with bicubic
+interpolation, the frames between inputs made by averaging the two
+neighbours ("bicubic + blend") or by repeating the previous one
+("bicubic + repeat"). A network that cannot beat them is not worth shipping.
+
+Memory: frames stream from disk. An output frame is scored (and saved) as
+soon as `upscale_frames` yields it, and only a window's worth of LR frames
+and the ground truth frame at hand are held, however long the clip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from . import metrics
+from .errors import StvsrError
+from .frames import _natural_key, crop_to_multiple, is_vimeo_root, list_frames, make_lr, read_frame, save_frame, vimeo_septuplets
+from .inference import Upscaler
+from .stream import check_run_options, load_upscaler, upscale_frames
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+
+log = logging.getLogger("stvsr")
+
+MODEL = "model"
+BLEND = "bicubic + blend"
+REPEAT = "bicubic + repeat"
+KINDS = ("all", "reconstructed", "interpolated")
+METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+DEFAULT_VIMEO_LIST = "sep_testlist.txt"
+MIN_GT_FRAMES = 3
+MIN_SIZE = 2 * metrics.SSIM_RADIUS + 1  # SSIM's window must fit in a frame
+Progress = Callable[[int, int], None]  # (frames scored, frames to score)
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip: its ground truth frames and, when given on disk, its inputs."""
+
+    name: str  # "calendar", or a Vimeo-90K id "00001/0266"; --save writes DIR/<name>/
+    gt: tuple[Path, ...]
+    lr: tuple[Path, ...] | None = None  # exactly the inputs; None: made from GT by make_lr
+    group: str = ""  # the Vimeo-90K list file (stem) it came from
+
+    @property
+    def inputs(self) -> int:
+        return (len(self.gt) + 1) // 2
+
+    @property
+    def scored(self) -> int:
+        """GT frames with a prediction: all of 2n+1, the first 2n-1 of 2n."""
+        return max(2 * self.inputs - 1, 0)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    weights: Path | None = None  # None: the shipped default weights
+    device: str = "auto"
+    precision: str = "auto"
+    tile: int = DEFAULT_TILE
+    tile_overlap: int = DEFAULT_OVERLAP
+    batch: int = 1
+    lists: tuple[str, ...] = ()  # Vimeo-90K list files; () is sep_testlist.txt
+    baselines: bool = False
+    save: Path | None = None  # write the model's predicted frames as save/<clip>/00000.png ...
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    index: int  # the GT frame, 0-based
+    psnr_y: float
+    ssim_y: float
+    psnr_rgb: float
+    ssim_rgb: float
+
+    @property
+    def kind(self) -> str:
+        return "reconstructed" if self.index % 2 == 0 else "interpolated"
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Averages of the four metrics over frames, or over clips."""
+
+    psnr_y: float
+    ssim_y: float
+    psnr_rgb: float
+    ssim_rgb: float
+
+    @classmethod
+    def mean(cls, items: Sequence[FrameScore | Scores]) -> Scores:
+        if not items:
+            raise ValueError("no scores to average")
+        return cls(**{name: sum(getattr(item, name) for item in items) / len(items) for name in METRICS})
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    name: str
+    group: str
+    gt_frames: int
+    inputs: int
+    lr_source: str  # "LR/" or "made from GT"
+    size: tuple[int, int]  # scored (width, height), after cropping to a multiple of 4
+    frames: dict[str, tuple[FrameScore, ...]]  # row -> one score per scored frame
+
+    def scores(self, row: str = MODEL, kind: str = "all") -> Scores:
+        return Scores.mean([f for f in self.frames[row] if kind == "all" or f.kind == kind])
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    clips: tuple[ClipResult, ...]
+    rows: tuple[str, ...]
+    skipped: tuple[str, ...] = ()  # clips too short to score
+    seconds: float = 0.0
+    data: str = ""
+    weights: str = ""
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(clip.group for clip in self.clips))
+
+    def mean(self, row: str = MODEL, kind: str = "all", group: str | None = None) -> Scores:
+        """The mean over clips of each clip's mean, optionally over one group."""
+        return Scores.mean([clip.scores(row, kind) for clip in self.clips if group is None or clip.group == group])
+
+    def to_dict(self) -> dict:
+        """Every number, per frame too. PSNR of identical frames is inf,
+        written as `Infinity` (Python's json reads it back)."""
+
+        def means(select: Callable[[str, str], Scores]) -> dict:
+            return {row: {kind: dataclasses.asdict(select(row, kind)) for kind in KINDS} for row in self.rows}
+
+        return {
+            "data": self.data,
+            "weights": self.weights,
+            "seconds": round(self.seconds, 3),
+            "rows": list(self.rows),
+            "mean": means(lambda row, kind: self.mean(row, kind)),
+            "groups": {group: means(lambda row, kind: self.mean(row, kind, group)) for group in self.groups if group},
+            "clips": [
+                {
+                    "name": clip.name,
+                    "group": clip.group,
+                    "gt_frames": clip.gt_frames,
+                    "inputs": clip.inputs,
+                    "scored_frames": len(clip.frames[MODEL]),
+                    "lr": clip.lr_source,
+                    "size": list(clip.size),
+                    "mean": means(clip.scores),
+                    "frames": {
+                        row: [{"index": f.index, "kind": f.kind, **{m: getattr(f, m) for m in METRICS}} for f in scores]
+                        for row, scores in clip.frames.items()
+                    },
+                }
+                for clip in self.clips
+            ],
+            "skipped": list(self.skipped),
+        }
+
+
+# --- finding clips ---------------------------------------------------------------------------------
+
+
+def find_clips(data: str | os.PathLike, lists: Sequence[str] = ()) -> list[Clip]:
+    """The clips under `data` (layouts in the module docstring), in natural order."""
+    data = Path(data)
+    if not data.exists():
+        raise StvsrError(f"{data} does not exist; give a folder of clips (DATA/<clip>/GT/*.png) or a Vimeo-90K root")
+    if not data.is_dir():
+        raise StvsrError(f"{data} is not a folder; give a folder of clips (DATA/<clip>/GT/*.png) or a Vimeo-90K root")
+    if is_vimeo_root(data):
+        return [
+            Clip(name="/".join(paths[0].parent.parts[-2:]), gt=tuple(paths), group=Path(name).stem)
+            for name in (lists or (DEFAULT_VIMEO_LIST,))
+            for paths in vimeo_septuplets(data, name)
+        ]
+    if lists:
+        raise StvsrError(f"--list names Vimeo-90K list files, but {data} is not a Vimeo-90K root "
+                         "(a folder with sequences/ and its .txt lists)")
+    clip = _folder_clip(data, data.resolve().name)
+    if clip is not None:
+        return [clip]
+    folders = sorted((p for p in data.iterdir() if p.is_dir()), key=_natural_key)
+    clips = [clip for clip in (_folder_clip(folder, folder.name) for folder in folders) if clip is not None]
+    if not clips:
+        raise StvsrError(
+            f"no clips found in {data}: expected DATA/<clip>/GT/*.png (Vid4 layout), DATA/<clip>/*.png, "
+            "or a Vimeo-90K root with sequences/ and sep_testlist.txt"
+        )
+    return clips
+
+
+def _folder_clip(folder: Path, name: str) -> Clip | None:
+    """A clip from `folder` with GT/ (and maybe LR/) or with frames directly inside; None if neither."""
+    if (folder / "GT").is_dir():
+        gt = list_frames(folder / "GT")
+        if not gt:
+            raise StvsrError(f"{folder / 'GT'} holds no frames (.png, .jpg, .jpeg, .webp)")
+        lr = list_frames(folder / "LR") if (folder / "LR").is_dir() else None
+        if lr is not None:
+            inputs = (len(gt) + 1) // 2
+            if len(lr) == len(gt):
+                lr = lr[::2]  # Vid4's LR/ holds every frame: the inputs are every other one
+            elif len(lr) != inputs:
+                raise StvsrError(
+                    f"{folder / 'LR'} holds {len(lr)} frames for {len(gt)} GT frames; it needs {len(gt)} "
+                    f"(every other one is used) or {inputs} (the inputs), or remove LR/ to make them from GT"
+                )
+        return Clip(name, tuple(gt), None if lr is None else tuple(lr))
+    frames = list_frames(folder)
+    return Clip(name, tuple(frames)) if frames else None
+
+
+# --- scoring -----------------------------------------------------------------------------------------
+
+
+def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), progress: Progress | None = None) -> EvalReport:
+    """Score the network of `options.weights` on the clips under `data`.
+
+    Raises `StvsrError` for anything the user can fix, checked before the
+    network runs where it can be: no clips, LR/ that does not fit GT/.
+    """
+    started = time.perf_counter()
+    clips = find_clips(data, options.lists)
+    if not any(len(clip.gt) >= MIN_GT_FRAMES for clip in clips):
+        raise StvsrError(f"no clip in {data} has the {MIN_GT_FRAMES} GT frames an evaluation needs "
+                         "(2 inputs and the frame between them)")
+    check_run_options(options.tile, options.tile_overlap, options.batch)
+    upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
+    report = score_clips(clips, upscaler, options, progress)
+    weights = options.weights if options.weights is not None else "the shipped default weights"
+    return dataclasses.replace(report, data=str(data), weights=str(weights), seconds=time.perf_counter() - started)
+
+
+def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions = EvalOptions(),
+                progress: Progress | None = None) -> EvalReport:
+    """Score a network already in memory (training's validation calls this
+    with `Upscaler(model)`, which puts the model in eval mode) on `clips`.
+    `options.weights`, `device` and `precision` are not used here."""
+    started = time.perf_counter()
+    usable = [clip for clip in clips if len(clip.gt) >= MIN_GT_FRAMES]
+    skipped = tuple(clip.name for clip in clips if len(clip.gt) < MIN_GT_FRAMES)
+    for name in skipped:
+        log.warning(f"skipped clip {name}: it has fewer than {MIN_GT_FRAMES} GT frames (2 inputs and one between)")
+    if not usable:
+        raise StvsrError(f"no clip has the {MIN_GT_FRAMES} GT frames an evaluation needs")
+    rows = (MODEL, BLEND, REPEAT) if options.baselines else (MODEL,)
+    total = sum(clip.scored for clip in usable)
+    done = [0]
+
+    def step() -> None:
+        done[0] += 1
+        if progress:
+            progress(done[0], total)
+
+    results = [_score_clip(clip, upscaler, options, rows, step) for clip in usable]
+    return EvalReport(tuple(results), rows, skipped, seconds=time.perf_counter() - started)
+
+
+class _ClipReader:
+    """Reads one clip's frames as floats in [0, 1], cropped to a multiple of
+    the scale, and checks that every frame has the clip's size."""
+
+    def __init__(self, clip: Clip, scale: int) -> None:
+        self.clip, self.scale = clip, scale
+        self.full = _image_size(clip.gt[0])  # (width, height) of the GT files
+        width, height = self.full
+        self.size = (width - width % scale, height - height % scale)
+        if min(self.size) < max(MIN_SIZE, scale):
+            raise StvsrError(f"{clip.gt[0]}: frames of {width}x{height} are too small to score; "
+                             f"they need at least {MIN_SIZE}x{MIN_SIZE} pixels")
+
+    def gt(self, index: int) -> Tensor:
+        path = self.clip.gt[index]
+        frame = read_frame(path)
+        if (frame.shape[2], frame.shape[1]) != self.full:
+            raise StvsrError(f"{path} is {frame.shape[2]}x{frame.shape[1]}, but {self.clip.gt[0].name} is "
+                             f"{self.full[0]}x{self.full[1]}; every frame of a clip needs one size")
+        return crop_to_multiple(frame.float().div(255), self.scale)
+
+    def inputs(self) -> Iterator[Tensor]:
+        """The LR inputs: from LR/ as they are, or made from GT frames 0, 2, 4, ..."""
+        if self.clip.lr is None:
+            for index in range(0, len(self.clip.gt), 2):
+                yield make_lr(self.gt(index), self.scale)
+            return
+        width, height = self.size
+        lr_size = (width // self.scale, height // self.scale)
+        for path in self.clip.lr:
+            if _image_size(path) != lr_size:
+                w, h = _image_size(path)
+                raise StvsrError(
+                    f"{path} is {w}x{h}, but GT frames of {self.full[0]}x{self.full[1]} (cropped to {width}x{height}) "
+                    f"need LR frames of {lr_size[0]}x{lr_size[1]}; fix LR/ or remove it to make the inputs from GT"
+                )
+            yield read_frame(path).float().div(255)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, ValueError) as error:
+        raise StvsrError(f"{path}: not a readable image ({error}); remove it or replace it with a PNG or JPEG") from None
+
+
+def _score_clip(clip: Clip, upscaler: Upscaler, options: EvalOptions, rows: tuple[str, ...],
+                step: Callable[[], None]) -> ClipResult:
+    scale = upscaler.scale
+    reader = _ClipReader(clip, scale)
+    save = Path(options.save) / clip.name if options.save is not None else None
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+
+    # Inputs the scoring loop still needs (for the baselines), by index,
+    # enlarged 4x with bicubic; upscale_frames pulls each one just before
+    # the first output that shows its time.
+    enlarged: dict[int, Tensor] = {}
+
+    def inputs() -> Iterator[tuple[Tensor, bool]]:
+        for index, frame in enumerate(reader.inputs()):
+            if len(rows) > 1:
+                enlarged[index] = _bicubic(frame, scale)
+            yield frame, False  # one shot: no scene cuts in an evaluation clip
+
+    scores: dict[str, list[FrameScore]] = {row: [] for row in rows}
+    predictions = upscale_frames(inputs(), upscaler, tile=options.tile, overlap=options.tile_overlap,
+                                 batch=options.batch)
+    for index, prediction in zip(range(clip.scored), predictions):
+        prediction = prediction.float().cpu()
+        gt = reader.gt(index)
+        scores[MODEL].append(_score(index, prediction, gt))
+        if save is not None:
+            save_frame(prediction, save / f"{index:05d}.png")
+        if len(rows) > 1:
+            before = enlarged[index // 2]
+            after = enlarged[index // 2 + 1] if index % 2 else before
+            scores[BLEND].append(_score(index, (before + after) / 2, gt))
+            scores[REPEAT].append(_score(index, before, gt))
+            for old in [i for i in enlarged if i < index // 2]:
+                del enlarged[old]
+        step()
+    predictions.close()
+    return ClipResult(
+        name=clip.name,
+        group=clip.group,
+        gt_frames=len(clip.gt),
+        inputs=clip.inputs,
+        lr_source="made from GT" if clip.lr is None else "LR/",
+        size=reader.size,
+        frames={row: tuple(values) for row, values in scores.items()},
+    )
+
+
+def _bicubic(frame: Tensor, scale: int) -> Tensor:
+    return F.interpolate(frame[None], scale_factor=scale, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+
+
+def _score(index: int, prediction: Tensor, gt: Tensor) -> FrameScore:
+    return FrameScore(
+        index,
+        psnr_y=metrics.psnr_y(prediction, gt),
+        ssim_y=metrics.ssim_y(prediction, gt),
+        psnr_rgb=metrics.psnr_rgb(prediction, gt),
+        ssim_rgb=metrics.ssim_rgb(prediction, gt),
+    )
+
+
+# --- writing results -----------------------------------------------------------------------------
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Refuse an output file whose folder does not exist, before an hour of work."""
+    path = Path(path)
+    if path.is_dir():
+        raise StvsrError(f"{option} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise StvsrError(f"{option} {path}: folder {path.parent} does not exist; create it first")
+
+
+def write_json(report: EvalReport, path: str | os.PathLike) -> None:
+    Path(path).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+
+
+PLOT_CLIPS = 12  # more clips than this (Vimeo-90K) are plotted as one mean curve
+PLOT_MARKERS = 40  # up to this many frames a panel marks reconstructed and interpolated frames apart
+
+
+def plot_psnr(report: EvalReport, path: str | os.PathLike) -> None:
+    """A PNG of PSNR-Y per GT frame, one panel per clip, model against the
+    baselines; on short clips, interpolated frames are marked apart from
+    reconstructed ones.
+    With more than `PLOT_CLIPS` clips, one panel of the mean per frame index."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    if len(report.clips) <= PLOT_CLIPS:
+        panels = [(f"{clip.name} ({len(clip.frames[MODEL])} of {clip.gt_frames} frames scored)",
+                   {row: [(f.index, f.psnr_y) for f in clip.frames[row]] for row in report.rows})
+                  for clip in report.clips]
+    else:
+        panels = [(f"mean over {len(report.clips)} clips", {row: _mean_by_index(report, row) for row in report.rows})]
+    columns = min(3, len(panels))
+    rows_ = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows_, columns, figsize=(5 * columns, 3.2 * rows_), squeeze=False)
+    styles = {MODEL: ("C0", "-"), BLEND: ("C1", "--"), REPEAT: ("C2", ":")}
+    for axis, (title, curves) in zip(axes.flat, panels):
+        for row, points in curves.items():
+            colour, line = styles[row]
+            x = [i for i, _ in points]
+            y = [v for _, v in points]
+            axis.plot(x, y, line, color=colour, label=row, linewidth=1.2)
+            if len(x) <= PLOT_MARKERS:
+                axis.plot(x[1::2], y[1::2], "x", color=colour, markersize=4)  # interpolated frames
+                axis.plot(x[0::2], y[0::2], "o", color=colour, markersize=3)  # reconstructed frames
+        axis.set_title(title, fontsize=10)
+        markers = len(max(curves.values(), key=len)) <= PLOT_MARKERS
+        axis.set_xlabel("GT frame" + (" (o reconstructed, x interpolated)" if markers else "; odd frames are interpolated"))
+        axis.set_ylabel("PSNR-Y (dB)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _mean_by_index(report: EvalReport, row: str) -> list[tuple[int, float]]:
+    values: dict[int, list[float]] = {}
+    for clip in report.clips:
+        for frame in clip.frames[row]:
+            values.setdefault(frame.index, []).append(frame.psnr_y)
+    return [(index, sum(v) / len(v)) for index, v in sorted(values.items())]

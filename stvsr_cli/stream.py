@@ -1,0 +1,97 @@
+"""Frames in, frames out: everything between reading LR frames and writing HR ones.
+
+    LR frames (+ scene-cut flags) -> windows (`WindowPlanner`)
+        -> network (`upscale_tiled`, `batch` windows a pass) -> stitch (`Stitcher`) -> HR frames, in order
+
+`upscale_frames` is that path, and the only one: `stvsr upscale` feeds it
+decoded video frames and `stvsr eval` feeds it LR frames read from disk or
+made from ground truth, so an evaluation scores exactly the frames an upscale
+would write. It is a generator: it pulls an input frame only when the plan
+needs one and yields each output frame as soon as it is final, holding a
+window's worth of LR frames and `batch + 1` windows of outputs however long
+the stream is.
+
+`load_upscaler` and `check_run_options` are the option handling the two
+commands share: which weights (the shipped ones by default, with a warning
+when they are the untrained placeholder), device, precision, tiles, batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor
+
+from .errors import StvsrError
+from .inference import Upscaler
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
+from .weights import default_weights_path, is_untrained
+from .windows import Emit, Stitcher, Window, WindowPlanner
+
+log = logging.getLogger("stvsr")
+
+
+def upscale_frames(
+    frames: Iterable[tuple[Tensor, bool]],
+    upscaler: Upscaler,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    batch: int = 1,
+) -> Iterator[Tensor]:
+    """Upscale a stream of `(frame, cut)` pairs: N frames give 2N frames.
+
+    Frames are (3, H, W), uint8 or float in [0, 1]; `cut` is True when a
+    scene cut lies just before the frame. Yields (3, scale*H, scale*W)
+    float frames in [0, 1] on the upscaler's device, output k showing time
+    k / 2 in input frames (the last one repeats the one before it; the rule
+    is in `windows.py`). `tile`, `overlap` and `batch` are `upscale_tiled`'s.
+    """
+    planner: WindowPlanner[Tensor] = WindowPlanner(upscaler.input_frames)
+    # A push plans at most one window (at a cut, the one that ends the old
+    # shot), so a run holds at most `batch` windows, and its emits name those
+    # and at most the last window before them (a blend of two neighbours).
+    stitcher = Stitcher(keep=batch + 1)
+    pending: list[Window[Tensor] | Emit] = []
+    for frame, cut in frames:
+        pending += planner.push(frame, cut=cut)
+        if sum(isinstance(item, Window) for item in pending) >= batch:
+            yield from _run(pending, stitcher, upscaler, tile, overlap, batch)
+            pending = []
+    yield from _run(pending + planner.finish(), stitcher, upscaler, tile, overlap, batch)
+
+
+def _run(items: list[Window[Tensor] | Emit], stitcher: Stitcher, upscaler: Upscaler,
+         tile: int, overlap: int, batch: int) -> Iterator[Tensor]:
+    """Run a batch's windows through the network, then emit its frames."""
+    windows = [item for item in items if isinstance(item, Window)]
+    if windows:
+        frames = torch.stack([torch.stack(window.frames) for window in windows])  # (B, n+1, 3, H, W)
+        outputs = upscale_tiled(upscaler, frames, scale=upscaler.scale, tile=tile, overlap=overlap, batch=batch)
+        for window, output in zip(windows, outputs):  # (2n+1, 3, scale*H, scale*W) float in [0, 1]
+            stitcher.add(window.key, output)
+    for item in items:
+        if isinstance(item, Emit):
+            yield stitcher.emit(item)
+
+
+def check_run_options(tile: int, overlap: int, batch: int) -> None:
+    """Refuse tile and batch settings that cannot work, before any work starts."""
+    if batch < 1:
+        raise StvsrError(f"--batch must be at least 1 (got {batch})")
+    if tile != 0 and tile < 2 * overlap + 8:
+        raise StvsrError(f"--tile {tile} is too small; use 0 (no tiling) or at least {2 * overlap + 8}")
+
+
+def load_upscaler(weights: str | os.PathLike | None, device: str = "auto", precision: str = "auto") -> Upscaler:
+    """The network of a weights file (None: the shipped weights) on `device`
+    at `precision`, with a warning when the file is an untrained placeholder."""
+    path = Path(weights) if weights is not None else default_weights_path()
+    upscaler = Upscaler.from_weights(path, device=device, precision=precision)
+    if is_untrained(path):
+        log.warning(f"{path.name} is an untrained placeholder: the output shows what the pipeline does, not a real upscale")
+    return upscaler

@@ -63,10 +63,20 @@ from torch import Tensor
 
 from . import metrics
 from .errors import StvsrError
-from .frames import _natural_key, crop_to_multiple, is_vimeo_root, list_frames, make_lr, read_frame, save_frame, vimeo_septuplets
+from .frames import (
+    crop_to_multiple,
+    is_vimeo_root,
+    list_frames,
+    make_lr,
+    natural_key,
+    read_frame,
+    save_frame,
+    vimeo_septuplets,
+)
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from .weights import write_atomically
 
 log = logging.getLogger("stvsr")
 
@@ -230,7 +240,7 @@ def find_clips(data: str | os.PathLike, lists: Sequence[str] = ()) -> list[Clip]
     clip = _folder_clip(data, data.resolve().name)
     if clip is not None:
         return [clip]
-    folders = sorted((p for p in data.iterdir() if p.is_dir()), key=_natural_key)
+    folders = sorted((p for p in data.iterdir() if p.is_dir()), key=natural_key)
     clips = [clip for clip in (_folder_clip(folder, folder.name) for folder in folders) if clip is not None]
     if not clips:
         raise StvsrError(
@@ -429,7 +439,8 @@ def check_output_file(path: str | os.PathLike, option: str) -> None:
 
 
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:
-    Path(path).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    text = json.dumps(report.to_dict(), indent=1) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 PLOT_CLIPS = 12  # more clips than this (Vimeo-90K) are plotted as one mean curve

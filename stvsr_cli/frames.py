@@ -31,7 +31,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 def list_frames(folder: Path) -> list[Path]:
     """The image files directly in `folder`, in natural order (2 before 10)."""
     files = [p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 def read_frame(path: Path) -> Tensor:
@@ -108,5 +108,6 @@ def vimeo_septuplets(root: Path, list_name: str) -> list[list[Path]]:
     return septuplets
 
 
-def _natural_key(path: Path) -> list:
+def natural_key(path: Path) -> list:
+    """Sort key that orders names by their numbers as numbers: f2 before f10."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -279,18 +280,20 @@ _TABLE_CLIPS = 20  # more clips than this (Vimeo-90K) show only the means; --jso
 
 def _report_table(report: EvalReport) -> Table:
     """Clips x methods; PSNR and SSIM on Y over all scored frames, then over
-    the reconstructed and the interpolated ones alone, then on RGB."""
-    table = Table(title="PSNR (dB) and SSIM: the mean per clip, then over clips")
-    table.add_column("clip")
-    table.add_column("method")
-    for name in ("PSNR-Y", "recon.", "interp.", "SSIM-Y", "recon.", "interp.", "PSNR-RGB", "SSIM-RGB"):
-        table.add_column(name, justify="right")
+    the reconstructed and the interpolated ones alone, then on RGB. Each clip
+    is a heading row above its methods, so the table fits 80 columns."""
+    table = Table(title="PSNR (dB) and SSIM: the mean per clip, then over clips", box=box.SIMPLE_HEAD,
+                  padding=0, pad_edge=False)  # the box draws a space between columns
+    table.add_column("clip / method", no_wrap=True)
+    for name in ("PSNR-Y", "recon", "interp", "SSIM-Y", "recon", "interp", "PSNR-RGB", "SSIM-RGB"):
+        table.add_column(name, justify="right", no_wrap=True)
 
     def add(label: str, scores_of, style: str | None = None) -> None:
+        table.add_row(label, style=style or "bold")
         for number, row in enumerate(report.rows):
             every, recon, interp = (scores_of(row, kind) for kind in ("all", "reconstructed", "interpolated"))
             table.add_row(
-                label if number == 0 else "", row,
+                f"  {row}",
                 *(f"{s.psnr_y:.2f}" for s in (every, recon, interp)),
                 *(f"{s.ssim_y:.4f}" for s in (every, recon, interp)),
                 f"{every.psnr_rgb:.2f}", f"{every.ssim_rgb:.4f}",
@@ -305,11 +308,12 @@ def _report_table(report: EvalReport) -> Table:
         for group in groups:
             count = sum(clip.group == group for clip in report.clips)
             add(f"{group} ({count} clips)", lambda row, kind, group=group: report.mean(row, kind, group))
-    add(f"mean of {len(report.clips)} clip{'s' * (len(report.clips) != 1)}", report.mean, style="bold")
+    if len(report.clips) > 1:  # the mean of one clip would repeat its rows
+        add(f"mean of {len(report.clips)} clips", report.mean, style="bold")
     described = {MODEL: "the network", BLEND: "bicubic x4, in-between frames averaged",
                  REPEAT: "bicubic x4, in-between frames repeated"}
     table.caption = (
-        "clip (scored/GT frames); recon.: reconstructed frames (input times), interp.: interpolated frames "
+        "clip (scored/GT frames); recon: reconstructed frames (input times), interp: interpolated frames "
         "(between inputs); " + "; ".join(f"{row}: {described[row]}" for row in report.rows)
     )
     return table

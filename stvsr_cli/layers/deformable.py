@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from .common import LEAKY_SLOPE, conv3x3, leaky_relu
+from .deform_cpu import deform_conv2d
 
 PYRAMID_LEVELS = 3  # full, 1/2 and 1/4 size, as in EDVR and Zooming Slow-Mo
 
@@ -19,7 +19,8 @@ class ModulatedDeformConv(nn.Module):
     feature" through a 3x3 convolution, as in EDVR's and Zooming Slow-Mo's
     `DCN_sep`. That convolution starts at zero: offsets 0 and masks
     sigmoid(0) = 0.5, so training starts from an ordinary (halved) convolution.
-    The sampling itself is `torchvision.ops.deform_conv2d`.
+    The sampling itself is `torchvision.ops.deform_conv2d` on a GPU and the
+    equivalent `deform_cpu.deform_conv2d_cpu` on the CPU, several times faster there.
     """
 
     def __init__(self, channels: int, offset_channels: int, groups: int) -> None:

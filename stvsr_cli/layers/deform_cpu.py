@@ -141,28 +141,23 @@ def deform_conv2d_cpu(
     dtype = input.dtype
 
     # Each deformable group becomes an image of C/G channels on a zero plane
-    # of 2^k + 1 pixels per side (see the module docstring).
+    # of 2^k + 1 pixels per side (see the module docstring), stored
+    # transposed, (W, H): grid_sample's grid is (x, y), along the last axis
+    # first, so on a transposed plane it is (y, x), the offsets' own order.
     hq, wq = _plane_size(h), _plane_size(w)
-    scale_y, scale_x = (hq - 1) / 2, (wq - 1) / 2
-    planes = F.pad(input.reshape(n * groups, c // groups, h, w), (0, wq - w, 0, hq - h))
+    scale = input.new_tensor([2 / (hq - 1), 2 / (wq - 1)])  # pixels -> normalised units, powers of two
+    planes = F.pad(input.reshape(n * groups, c // groups, h, w).transpose(2, 3), (0, hq - h, 0, wq - w))
 
-    # Tap positions without offsets, normalised: (taps, Ho, 1) and (taps, 1, Wo)
-    def arange(size: int, step: int, start: int = 0) -> Tensor:
-        return torch.arange(size, dtype=dtype) * step + start
-
-    tap_y = arange(kh, dh).repeat_interleave(kw).view(taps, 1, 1)
-    tap_x = arange(kw, dw).repeat(kh).view(taps, 1, 1)
-    base_y = (arange(ho, sh, -ph).view(ho, 1) + tap_y) / scale_y - 1
-    base_x = (arange(wo, sw, -pw) + tap_x) / scale_x - 1
-
-    # grid (N, G, taps, Ho, Wo, (x, y)), the normalised sampling positions
-    off = offset.reshape(n, groups, taps, 2, ho, wo)
-    if grad:
-        grid = torch.stack([off[:, :, :, 1] * (1 / scale_x) + base_x, off[:, :, :, 0] * (1 / scale_y) + base_y], -1)
-    else:  # one pass per coordinate, straight into place
-        grid = input.new_empty(n, groups, taps, ho, wo, 2)
-        torch.add(base_x, off[:, :, :, 1], alpha=1 / scale_x, out=grid[..., 0])
-        torch.add(base_y, off[:, :, :, 0], alpha=1 / scale_y, out=grid[..., 1])
+    # grid (N, G, taps, Ho, Wo, (y, x)) = (tap position + offset) * scale - 1
+    taps_y = (torch.arange(kh, dtype=dtype) * dh).repeat_interleave(kw).view(taps, 1, 1)
+    taps_x = (torch.arange(kw, dtype=dtype) * dw).repeat(kh).view(taps, 1, 1)
+    rows = (torch.arange(ho, dtype=dtype) * sh - ph).view(ho, 1)
+    cols = torch.arange(wo, dtype=dtype) * sw - pw
+    base = torch.stack(torch.broadcast_tensors(rows + taps_y, cols + taps_x), -1) * scale - 1  # (taps, Ho, Wo, 2)
+    offset = offset.reshape(n, groups, taps, 2, ho, wo).permute(0, 1, 2, 4, 5, 3)
+    grid = torch.addcmul(base, offset, scale)
+    if not grid.is_contiguous():
+        grid = grid.contiguous()
 
     columns = F.grid_sample(
         planes, grid.view(n * groups, taps, ho * wo, 2), mode="bilinear", padding_mode="zeros", align_corners=True
@@ -172,8 +167,12 @@ def deform_conv2d_cpu(
         mask = mask.reshape(n, groups, 1, taps, ho * wo)
         columns = columns * mask if grad else columns.mul_(mask)
 
-    # (Cout, C * taps) @ (N, C * taps, Ho * Wo): columns are in the weight's (channel, tap) order
-    out = torch.matmul(weight.reshape(c_out, c * taps), columns.view(n, c * taps, ho * wo))
-    if bias is not None:
-        out = out + bias.view(1, c_out, 1) if grad else out.add_(bias.view(1, c_out, 1))
+    # (Cout, C * taps) @ (N, C * taps, Ho * Wo): the columns are in the
+    # weight's (channel, tap) order and the product is already NCHW.
+    columns = columns.view(n, c * taps, ho * wo)
+    weight = weight.reshape(1, c_out, c * taps).expand(n, -1, -1)
+    if bias is None:
+        out = torch.bmm(weight, columns)
+    else:
+        out = torch.baddbmm(bias.view(1, c_out, 1).expand(n, -1, ho * wo), weight, columns)
     return out.view(n, c_out, ho, wo)

@@ -231,7 +231,9 @@ def count_flops(model: nn.Module) -> Iterator[dict[str, int]]:
     counts["total"] = counter.get_total_flops()
 
 
-def reference_conv(device: torch.device, dtype: torch.dtype, lr_size: tuple[int, int]) -> tuple[Callable[[], Tensor], float]:
+def reference_conv(
+    device: torch.device, dtype: torch.dtype, lr_size: tuple[int, int]
+) -> tuple[Callable[[], Tensor], float]:
     """The plain 64 -> 64 3x3 convolution on 4 LR-sized maps, and its GFLOP."""
     x = torch.randn(REFERENCE_BATCH, REFERENCE_CHANNELS, *lr_size, device=device, dtype=dtype)
     conv = nn.Conv2d(REFERENCE_CHANNELS, REFERENCE_CHANNELS, 3, padding=1).to(device, dtype)

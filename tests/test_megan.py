@@ -57,8 +57,8 @@ def test_graph_layer_is_eq_13():
     """E_p <- LeakyReLU(theta * sum_q A_pq E_q), A_pq = softmax_q(phi(|E_p - E_q|)), written out."""
     layer = MemoryGraphLayer(C, nodes=7)
     x = torch.randn(2, 7, C, 6, 5)
-    logits = torch.stack([torch.stack([layer.edge((x[:, p] - x[:, q]).abs()) for q in range(7)], 1) for p in range(7)], 1)
-    adjacency = logits.squeeze(3).softmax(dim=2)  # (B, T, T, H, W)
+    rows = [torch.stack([layer.edge((x[:, p] - x[:, q]).abs()) for q in range(7)], 1) for p in range(7)]
+    adjacency = torch.stack(rows, 1).squeeze(3).softmax(dim=2)  # (B, T, T, H, W)
     messages = torch.einsum("bpqhw,bqchw->bpchw", adjacency, x)
     expected = torch.nn.functional.leaky_relu(layer.theta(messages.flatten(0, 1)), 0.1).view_as(x)
     torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)

@@ -97,13 +97,17 @@ def test_without_mask_and_with_non_contiguous_inputs():
     torch.testing.assert_close(deform_conv2d_cpu(x, offset, weight, None, **options), expected, **F64)
 
 
-def test_inference_mode_gives_the_same_result():
-    """Without autograd the fast path writes in place; the result is the same."""
-    tensors, options = _inputs(CASES["paper call site: 64 channels, 8 groups"], torch.float32)
-    expected = deform_conv2d_cpu(*tensors[:4], mask=tensors[4], **options)
+@pytest.mark.parametrize("chunk_bytes", [1, 40_000, deform_cpu.COLUMNS_CHUNK_BYTES], ids=["row", "rows", "default"])
+def test_inference_mode_gives_the_same_result(monkeypatch, chunk_bytes):
+    """Without autograd the fast path works in place, a few rows at a time
+    (one row, a few, or all of this small map); the result is the same."""
+    tensors = [t.requires_grad_() for t in _inputs(CASES["small preset: 32 channels, 4 groups"], torch.float32)[0]]
+    x, offset, weight, bias, mask = tensors
+    expected = deform_conv2d_cpu(x, offset, weight, bias, padding=1, mask=mask)
+    monkeypatch.setattr(deform_cpu, "COLUMNS_CHUNK_BYTES", chunk_bytes)
     with torch.inference_mode():
-        out = deform_conv2d_cpu(*tensors[:4], mask=tensors[4], **options)
-    assert torch.equal(out, expected)
+        out = deform_conv2d_cpu(x, offset, weight, bias, padding=1, mask=mask)
+    torch.testing.assert_close(out, expected.detach(), rtol=1e-6, atol=1e-6)
 
 
 def test_dispatch_cpu_to_fast_path_and_the_rest_to_torchvision(monkeypatch):

@@ -83,6 +83,15 @@ def test_progressive_fusion_shapes():
     assert out.shape == (2, 7, 3, 24, 20)
 
 
+def test_reconstruction_runs_channels_last_on_the_cpu_and_returns_plain_nchw():
+    reconstruction = ProgressiveFusionReconstruction(C, frames=7, fusion_blocks=1, residual_blocks=2)
+    x = torch.randn(2, 7, C, 6, 5)
+    out = reconstruction(x)
+    assert out.is_contiguous()
+    nchw = reconstruction.upsample(reconstruction.body(reconstruction.fusion(x).flatten(0, 1)))
+    torch.testing.assert_close(out, nchw.view_as(out), rtol=1e-5, atol=1e-6)
+
+
 def test_tiny_forward_shape(tiny_model):
     with torch.inference_mode():
         out = tiny_model(torch.rand(1, 4, 3, 36, 60))

@@ -1,9 +1,10 @@
 """Modulated deformable convolution that is fast on the CPU.
 
-`torchvision.ops.deform_conv2d` runs on the CPU at about a twentieth of the
-speed of an ordinary convolution doing the same arithmetic, and it does not
-use a second core: on a 2-core machine, deformable convolution took a third
-of MEGAN's forward pass while doing under a twentieth of its arithmetic.
+`torchvision.ops.deform_conv2d` runs on the CPU at about a thirtieth of the speed
+of an ordinary convolution doing the same arithmetic (8 against 200 to 280
+GFLOP/s on 2 cores), and it does not use the second core: in the paper
+preset's forward pass it took over a third of the time for 4.4% of the
+arithmetic.
 `deform_conv2d` here is a drop-in replacement that sends CPU tensors to
 `deform_conv2d_cpu` and everything else (CUDA) to torchvision.
 
@@ -20,14 +21,17 @@ PyTorch operators, so autograd gives the backward pass:
    output already in NCHW order, because the columns come out in the
    (channel, tap) order of the weight tensor.
 
-Measured on a 2-core CPU at a PCD full-size level (N 2, 64 channels,
-92x160, 8 groups): torchvision about 8 GFLOP/s, this about 25 (1 thread)
-to 40 (2 threads) GFLOP/s forward, and forward plus backward about 4x
-faster. A gather over channels-last data (`F.embedding_bag` with
-per-sample weights, 4 corner rows per sample) gave the same outputs but
-took twice as long: computing 4 indices and 4 weights per sample costs
-more elementwise passes than the gather itself. The rest of the time is
-the sampling (about 2/3) and the matrix multiply.
+Without autograd, steps 1-3 run a few output rows at a time, so the
+columns (9x the input) stay in cache (`COLUMNS_CHUNK_BYTES`).
+
+Measured on a 2-core CPU at the paper preset's full-size PCD layer (N 2,
+64 channels, 92x160, 8 groups): forward, torchvision 281 ms (7.7 GFLOP/s),
+this 46 ms (47 GFLOP/s); forward plus backward 2.7 s against 0.25 s (2
+threads) or 0.44 s (1 thread). Most of the time is the sampling. A gather
+over channels-last data (`F.embedding_bag` with per-sample weights, 4
+corner rows per sample) gave the same outputs but took twice as long:
+computing 4 indices and 4 weights per sample costs more elementwise passes
+than the gather itself.
 
 Exactness: `grid_sample` takes positions normalised to [-1, 1] and maps them
 back with (g + 1) * (size - 1) / 2. The input is zero-padded to 2^k + 1

@@ -7,6 +7,7 @@ exit status; `stvsr --debug ...` (or STVSR_DEBUG=1) shows the traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -430,3 +431,78 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
     click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")
+
+
+@main.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--preset",
+    "presets",
+    type=click.Choice(list(PRESETS)),
+    multiple=True,
+    help="Network size to time; repeat for several.  [default: paper and small]",
+)
+@click.option("--precision", default="auto", show_default=True, help="auto, fp32, bf16 or fp16.")
+@click.option("--size", default="640x360", show_default=True, help="Output frame size, WIDTHxHEIGHT.")
+@click.option("--runs", default=3, show_default=True, help="Timed windows per preset (the median is reported).")
+@click.option("--warmup", default=1, show_default=True, help="Untimed windows first (the first counts the FLOPs).")
+@click.option("--threads", type=int, help="CPU threads for PyTorch.  [default: PyTorch's, one per core]")
+@click.option("--deform/--no-deform", default=True, show_default=True,
+              help="On the CPU, also time torchvision's deformable convolution against stvsr's.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every measurement to this JSON file.")
+def bench(
+    device: str,
+    presets: tuple[str, ...],
+    precision: str,
+    size: str,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    deform: bool,
+    json_path: Path | None,
+) -> None:
+    """Time the network with random weights: seconds per output frame, and
+    achieved GFLOP/s against a plain 64-channel 3x3 convolution timed in the
+    same run on the same device.
+
+    \b
+    Example:
+      stvsr bench --device cpu
+      stvsr bench --device cpu --preset small --size 320x180 --json bench.json
+    """
+    from .bench import Workload, run_bench
+
+    report = run_bench(
+        list(presets) or ["paper", "small"],
+        Workload.parse(size),
+        device=device,
+        precision=precision,
+        runs=runs,
+        warmup=warmup,
+        threads=threads,
+        deform=deform,
+    )
+    console = Console()
+    console.print(f"{report.device}, {report.threads} PyTorch threads, torch {report.torch_version}")
+    if report.deform is not None:
+        d = report.deform
+        table = Table(title=f"Deformable convolution, input {'x'.join(map(str, d.shape))}, {d.groups} groups")
+        for column in ("", "ms", "GFLOP/s"):
+            table.add_column(column, justify="right")
+        for name, timing in (("torchvision", d.torchvision), ("stvsr", d.stvsr), ("plain 3x3 conv", d.conv)):
+            table.add_row(name, f"{timing.median_seconds * 1e3:.1f}", f"{timing.gflops:.1f}")
+        console.print(table)
+    first = report.models[0]
+    table = Table(title=f"Network, {first.precision}, {first.workload}: a window of 4 LR frames adds 4 output frames")
+    for column in ("preset", "s / window", "s / frame", "GFLOP / window", "GFLOP/s", "conv GFLOP/s", "of conv"):
+        table.add_column(column, justify="right")
+    for m in report.models:
+        table.add_row(
+            m.preset, f"{m.window.median_seconds:.2f}", f"{m.seconds_per_frame:.3f}", f"{m.window.gflop:.0f}",
+            f"{m.window.gflops:.1f}", f"{m.conv.gflops:.1f}", f"{m.conv_fraction:.0%}",
+        )
+    console.print(table)
+    if json_path is not None:
+        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        console.print(f"wrote {json_path}")

@@ -49,7 +49,7 @@ class _ConvNonLocal(nn.Module):
         self.nonlocal_block = NonLocalBlock(channels, window)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.nonlocal_block(leaky_relu(self.conv(x)))
+        return self.nonlocal_block(leaky_relu(self.conv(x), inplace=True))
 
 
 class ResidualNonLocalAttention(nn.Module):
@@ -66,7 +66,7 @@ class ResidualNonLocalAttention(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         """(N, 3, H, W) -> (N, C, H, W)"""
-        return self.layers(leaky_relu(self.shallow(frames)))
+        return self.layers(leaky_relu(self.shallow(frames), inplace=True))
 
 
 class DeformableFeatureBlend(nn.Module):
@@ -174,7 +174,7 @@ class MemoryGraphLayer(nn.Module):
     def __init__(self, channels: int, nodes: int) -> None:
         super().__init__()
         self.edge = nn.Sequential(
-            conv3x3(channels, channels // 2), nn.LeakyReLU(LEAKY_SLOPE), conv3x3(channels // 2, 1)
+            conv3x3(channels, channels // 2), nn.LeakyReLU(LEAKY_SLOPE, inplace=True), conv3x3(channels // 2, 1)
         )  # phi
         self.theta = conv3x3(channels, channels)
         first, second = torch.triu_indices(nodes, nodes)  # unordered pairs, diagonal included
@@ -191,8 +191,13 @@ class MemoryGraphLayer(nn.Module):
         difference = (nodes[:, self.first] - nodes[:, self.second]).abs()  # (B, P, C, H, W)
         pair_logits = self.edge(difference.flatten(0, 1)).view(b, -1, h, w)  # (B, P, H, W)
         adjacency = pair_logits[:, self.pair_of].softmax(dim=2)  # (B, T, T, H, W), rows sum to 1
-        messages = torch.einsum("bpqhw,bqchw->bpchw", adjacency, nodes)
-        return leaky_relu(self.theta(messages.flatten(0, 1))).view_as(nodes)
+        # messages_p = sum_q A_pq E_q, as T multiply-adds over whole maps. (An
+        # einsum runs it as one tiny T x T by T x C product per pixel: on the
+        # CPU that took as long as a tenth of the network's convolutions.)
+        messages = adjacency[:, :, :1] * nodes[:, None, 0]  # (B, T, C, H, W)
+        for q in range(1, t):
+            messages.addcmul_(adjacency[:, :, q : q + 1], nodes[:, None, q])
+        return leaky_relu(self.theta(messages.flatten(0, 1)), inplace=True).view_as(nodes)
 
 
 class LongRangeMemoryGraphAggregation(nn.Module):
@@ -218,13 +223,15 @@ class LongRangeMemoryGraphAggregation(nn.Module):
         self.memory_size = memory_size
         self.aggregate = nn.Sequential(  # N_g
             conv3x3((1 + memory_size) * channels, channels),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             conv3x3(channels, channels),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             conv3x3(channels, channels),
         )
         self.graph = nn.ModuleList(MemoryGraphLayer(channels, frames) for _ in range(graph_layers))
-        self.refine = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(LEAKY_SLOPE), conv3x3(channels, channels))
+        self.refine = nn.Sequential(
+            conv3x3(channels, channels), nn.LeakyReLU(LEAKY_SLOPE, inplace=True), conv3x3(channels, channels)
+        )
         evenly_spaced = torch.linspace(0, frames - 1, memory_size).round().long()
         self.register_buffer("inference_memory", evenly_spaced, persistent=False)
 
@@ -263,10 +270,10 @@ class ProgressiveFusionBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, C, H, W)"""
         b, t, c, h, w = x.shape
-        own = leaky_relu(self.own(x.flatten(0, 1))).view_as(x)
-        fused = leaky_relu(self.fuse(own.flatten(1, 2)))  # (B, C, H, W)
+        own = leaky_relu(self.own(x.flatten(0, 1)), inplace=True).view_as(x)
+        fused = leaky_relu(self.fuse(own.flatten(1, 2)), inplace=True)  # (B, C, H, W)
         both = torch.cat([own, fused.unsqueeze(1).expand(b, t, c, h, w)], dim=2)
-        return x + leaky_relu(self.merge(both.flatten(0, 1))).view_as(x)
+        return x + leaky_relu(self.merge(both.flatten(0, 1)), inplace=True).view_as(x)
 
 
 class ProgressiveFusionReconstruction(nn.Module):
@@ -283,20 +290,25 @@ class ProgressiveFusionReconstruction(nn.Module):
         self.upsample = nn.Sequential(
             conv3x3(channels, 4 * channels),
             nn.PixelShuffle(2),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             conv3x3(channels, 4 * channels),
             nn.PixelShuffle(2),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             conv3x3(channels, channels),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             conv3x3(channels, 3),
         )
 
     def forward(self, features: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, 3, 4H, 4W)"""
         b, t = features.shape[:2]
-        per_frame = self.body(self.fusion(features).flatten(0, 1))
-        frames = self.upsample(per_frame)
+        per_frame = self.fusion(features).flatten(0, 1)
+        if per_frame.device.type == "cpu":
+            # oneDNN runs these plain convolutions and PixelShuffle faster on
+            # channels-last maps: the paper preset's body 14% and upsampling
+            # 35% faster on a 2-core CPU (not measured on a GPU yet).
+            per_frame = per_frame.contiguous(memory_format=torch.channels_last)
+        frames = self.upsample(self.body(per_frame)).contiguous()
         return frames.view(b, t, *frames.shape[1:])
 
 

@@ -53,6 +53,17 @@ def test_graph_layer_pairs_cover_every_ordered_pair_symmetrically():
     assert layer(x).shape == x.shape
 
 
+def test_graph_layer_is_eq_13():
+    """E_p <- LeakyReLU(theta * sum_q A_pq E_q), A_pq = softmax_q(phi(|E_p - E_q|)), written out."""
+    layer = MemoryGraphLayer(C, nodes=7)
+    x = torch.randn(2, 7, C, 6, 5)
+    rows = [torch.stack([layer.edge((x[:, p] - x[:, q]).abs()) for q in range(7)], 1) for p in range(7)]
+    adjacency = torch.stack(rows, 1).squeeze(3).softmax(dim=2)  # (B, T, T, H, W)
+    messages = torch.einsum("bpqhw,bqchw->bpchw", adjacency, x)
+    expected = torch.nn.functional.leaky_relu(layer.theta(messages.flatten(0, 1)), 0.1).view_as(x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_lmga_memory_is_fixed_at_inference_and_random_in_training():
     lmga = LongRangeMemoryGraphAggregation(C, frames=7, memory_size=4, graph_layers=2)
     lmga.eval()
@@ -70,6 +81,15 @@ def test_progressive_fusion_shapes():
     assert ProgressiveFusionBlock(C, frames=7)(x).shape == x.shape
     out = ProgressiveFusionReconstruction(C, frames=7, fusion_blocks=2, residual_blocks=2)(x)
     assert out.shape == (2, 7, 3, 24, 20)
+
+
+def test_reconstruction_runs_channels_last_on_the_cpu_and_returns_plain_nchw():
+    reconstruction = ProgressiveFusionReconstruction(C, frames=7, fusion_blocks=1, residual_blocks=2)
+    x = torch.randn(2, 7, C, 6, 5)
+    out = reconstruction(x)
+    assert out.is_contiguous()
+    nchw = reconstruction.upsample(reconstruction.body(reconstruction.fusion(x).flatten(0, 1)))
+    torch.testing.assert_close(out, nchw.view_as(out), rtol=1e-5, atol=1e-6)
 
 
 def test_tiny_forward_shape(tiny_model):

@@ -9,8 +9,11 @@ from torch import Tensor, nn
 LEAKY_SLOPE = 0.1  # the slope EDVR and Zooming Slow-Mo use throughout
 
 
-def leaky_relu(x: Tensor) -> Tensor:
-    return F.leaky_relu(x, LEAKY_SLOPE)
+def leaky_relu(x: Tensor, inplace: bool = False) -> Tensor:
+    """LeakyReLU with the shared slope. `inplace=True` where x is a fresh
+    result nothing else holds (a convolution's output): a new full-size
+    tensor per activation costs more than the activation on the CPU."""
+    return F.leaky_relu(x, LEAKY_SLOPE, inplace=inplace)
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -35,7 +38,7 @@ class ResidualBlock(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(x)))
+        return x + self.conv2(F.relu(self.conv1(x), inplace=True))
 
 
 class ConvLSTMCell(nn.Module):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 from .common import LEAKY_SLOPE, conv3x3, leaky_relu
+from .deform_cpu import deform_conv2d
 
 PYRAMID_LEVELS = 3  # full, 1/2 and 1/4 size, as in EDVR and Zooming Slow-Mo
 
@@ -19,7 +19,8 @@ class ModulatedDeformConv(nn.Module):
     feature" through a 3x3 convolution, as in EDVR's and Zooming Slow-Mo's
     `DCN_sep`. That convolution starts at zero: offsets 0 and masks
     sigmoid(0) = 0.5, so training starts from an ordinary (halved) convolution.
-    The sampling itself is `torchvision.ops.deform_conv2d`.
+    The sampling itself is `torchvision.ops.deform_conv2d` on a GPU and the
+    equivalent `deform_cpu.deform_conv2d_cpu` on the CPU, several times faster there.
     """
 
     def __init__(self, channels: int, offset_channels: int, groups: int) -> None:
@@ -53,7 +54,11 @@ class FeaturePyramid(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.down = nn.ModuleList(
-            nn.Sequential(conv3x3(channels, channels, stride=2), nn.LeakyReLU(LEAKY_SLOPE), conv3x3(channels, channels))
+            nn.Sequential(
+                conv3x3(channels, channels, stride=2),
+                nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
+                conv3x3(channels, channels),
+            )
             for _ in range(PYRAMID_LEVELS - 1)
         )
 
@@ -61,7 +66,7 @@ class FeaturePyramid(nn.Module):
         """(N, C, H, W) -> [(N, C, H, W), (N, C, H/2, W/2), (N, C, H/4, W/4)]; H, W multiples of 4."""
         levels = [x]
         for down in self.down:
-            levels.append(leaky_relu(down(levels[-1])))
+            levels.append(leaky_relu(down(levels[-1]), inplace=True))
         return levels
 
 
@@ -85,20 +90,20 @@ class _PCDLevel(nn.Module):
         activate: bool,
     ) -> tuple[Tensor, Tensor]:
         """Returns (aligned source, offset feature) at this level."""
-        offset = leaky_relu(self.offset_in(torch.cat([source, reference], dim=1)))
+        offset = leaky_relu(self.offset_in(torch.cat([source, reference], dim=1)), inplace=True)
         if coarser is not None:
             coarse_offset, coarse_aligned = coarser
             # Offsets measured at half the resolution are half as long: upsample and double them.
             up_offset = 2 * F.interpolate(coarse_offset, scale_factor=2, mode="bilinear", align_corners=False)
-            offset = leaky_relu(self.offset_cascade(torch.cat([offset, up_offset], dim=1)))
-        offset = leaky_relu(self.offset_out(offset))
+            offset = leaky_relu(self.offset_cascade(torch.cat([offset, up_offset], dim=1)), inplace=True)
+        offset = leaky_relu(self.offset_out(offset), inplace=True)
 
         aligned = self.deform(source, offset)
         if coarser is None:
-            return leaky_relu(aligned), offset
+            return leaky_relu(aligned, inplace=True), offset
         up_aligned = F.interpolate(coarse_aligned, scale_factor=2, mode="bilinear", align_corners=False)
         aligned = self.feature_cascade(torch.cat([aligned, up_aligned], dim=1))
-        return (leaky_relu(aligned) if activate else aligned), offset
+        return (leaky_relu(aligned, inplace=True) if activate else aligned), offset
 
 
 class PCDAlignment(nn.Module):

@@ -1,0 +1,78 @@
+"""`stvsr bench` and its library: FLOP counting and the report, at tiny sizes (no timings are checked)."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stvsr_cli import MEGAN, PRESETS, StvsrError
+from stvsr_cli.bench import Workload, count_flops, run_bench
+from stvsr_cli.cli import main
+from stvsr_cli.layers import ModulatedDeformConv
+from stvsr_cli.layers.deform_cpu import cpu_backend
+
+
+def test_deformable_convolution_flops_are_counted_by_formula_on_either_path():
+    """FlopCounterMode does not know torchvision's op; both paths count 2 * Cin * Cout * 9 per output pixel."""
+    layer = ModulatedDeformConv(16, offset_channels=8, groups=4)
+    x, feature = torch.randn(2, 16, 5, 7), torch.randn(2, 8, 5, 7)
+    offset_conv = 2 * 8 * (27 * 4) * 9 * 2 * 5 * 7
+    deform = 2 * 16 * 16 * 9 * 2 * 5 * 7
+    for backend in ("auto", "torchvision"):
+        with cpu_backend(backend), count_flops(layer) as counts:
+            layer(x, feature)
+        assert counts == {"total": offset_conv + deform, "deform": deform}, backend
+
+
+def test_network_flops_do_not_depend_on_the_deformable_path():
+    model = MEGAN(PRESETS["tiny"]).eval()
+    frames = torch.rand(1, 4, 3, 8, 12)
+    totals = []
+    for backend in ("auto", "torchvision"):
+        with cpu_backend(backend), count_flops(model) as counts, torch.inference_mode():
+            model(frames)
+        totals.append(counts)
+    assert totals[0] == totals[1]
+    assert 0 < totals[0]["deform"] < totals[0]["total"]
+
+
+def test_run_bench_reports_every_preset_with_consistent_derived_figures():
+    report = run_bench(["tiny"], Workload(32, 24), device="cpu", runs=1, warmup=1)
+    (model,) = report.models
+    assert model.preset == "tiny" and model.workload.lr_size == (6, 8) and model.precision == "float32"
+    assert model.seconds_per_frame == pytest.approx(model.window.median_seconds / 4)
+    assert model.conv_fraction == pytest.approx(model.window.gflops / model.conv.gflops)
+    assert report.deform is not None and report.deform.torchvision.gflop == report.deform.stvsr.gflop
+    assert json.loads(json.dumps(report.to_dict()))["models"][0]["preset"] == "tiny"
+
+
+@pytest.mark.parametrize("text", ["640x361", "640", "wide x tall"])
+def test_bad_sizes_are_refused(text):
+    with pytest.raises(StvsrError, match="size"):
+        Workload.parse(text)
+
+
+def test_cli_bench_writes_json(tmp_path):
+    path = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--preset", "tiny", "--size", "32x24", "--runs", "1", "--no-deform"]
+    result = CliRunner().invoke(main, [*args, "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "tiny" in result.output and "of conv" in result.output
+    saved = json.loads(path.read_text())
+    assert saved["deform"] is None and saved["models"][0]["output_size"] == [32, 24]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "tpu"], "unknown device"),
+        (["--size", "33x24"], "multiples of 4"),
+        (["--runs", "0"], "--runs"),
+    ],
+)
+def test_cli_bench_errors_are_one_line(args, message):
+    result = CliRunner().invoke(main, ["bench", "--preset", "tiny", "--size", "32x24", *args])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stvsr: error:") and message in lines[0], result.output

@@ -294,9 +294,9 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
 
 def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions = EvalOptions(),
                 progress: Progress | None = None) -> EvalReport:
-    """Score a network already in memory (training's validation calls this
-    with `Upscaler(model)`, which puts the model in eval mode) on `clips`.
-    `options.weights`, `device` and `precision` are not used here."""
+    """Score a network already in memory, wrapped as `Upscaler(model)` (which
+    puts the model in eval mode), on `clips`. `options.weights`, `device` and
+    `precision` are not used here."""
     started = time.perf_counter()
     usable = [clip for clip in clips if len(clip.gt) >= MIN_GT_FRAMES]
     skipped = tuple(clip.name for clip in clips if len(clip.gt) < MIN_GT_FRAMES)
@@ -324,6 +324,7 @@ class _ClipReader:
     def __init__(self, clip: Clip, scale: int) -> None:
         self.clip, self.scale = clip, scale
         self.full = _image_size(clip.gt[0])  # (width, height) of the GT files
+        self._read_for_inputs: dict[int, Tensor] = {}  # GT frames read to make inputs, not yet scored
         width, height = self.full
         self.size = (width - width % scale, height - height % scale)
         if min(self.size) < max(MIN_SIZE, scale):
@@ -338,11 +339,21 @@ class _ClipReader:
                              f"{self.full[0]}x{self.full[1]}; every frame of a clip needs one size")
         return crop_to_multiple(frame.float().div(255), self.scale)
 
+    def gt_to_score(self, index: int) -> Tensor:
+        """GT frame `index`, read once: frames that made an input are kept
+        until they are scored (a window's worth at most)."""
+        if index in self._read_for_inputs:
+            return self._read_for_inputs.pop(index)
+        return self.gt(index)
+
     def inputs(self) -> Iterator[Tensor]:
         """The LR inputs: from LR/ as they are, or made from GT frames 0, 2, 4, ..."""
         if self.clip.lr is None:
             for index in range(0, len(self.clip.gt), 2):
-                yield make_lr(self.gt(index), self.scale)
+                gt = self.gt(index)
+                if index < self.clip.scored:
+                    self._read_for_inputs[index] = gt
+                yield make_lr(gt, self.scale)
             return
         width, height = self.size
         lr_size = (width // self.scale, height // self.scale)
@@ -388,7 +399,7 @@ def _score_clip(clip: Clip, upscaler: Upscaler, options: EvalOptions, rows: tupl
                                  batch=options.batch)
     for index, prediction in zip(range(clip.scored), predictions):
         prediction = prediction.float().cpu()
-        gt = reader.gt(index)
+        gt = reader.gt_to_score(index)
         scores[MODEL].append(_score(index, prediction, gt))
         if save is not None:
             save_frame(prediction, save / f"{index:05d}.png")

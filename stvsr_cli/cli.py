@@ -38,7 +38,7 @@ from .encode import EncodeOptions
 from .evaluate import BLEND, MODEL, REPEAT, EvalOptions, EvalReport, check_output_file, evaluate, plot_psnr, write_json
 from .tiling import DEFAULT_TILE
 from .upscale import UpscaleOptions, upscale_video
-from .weights import load_model
+from .weights import load_model, write_atomically
 from .windows import DEFAULT_SCENE_THRESHOLD
 
 
@@ -473,6 +473,8 @@ def bench(
     """
     from .bench import Workload, run_bench
 
+    if json_path is not None:
+        check_output_file(json_path, "--json")  # before minutes of timing, not after
     report = run_bench(
         list(presets) or ["paper", "small"],
         Workload.parse(size),
@@ -504,5 +506,6 @@ def bench(
         )
     console.print(table)
     if json_path is not None:
-        json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        write_atomically(json_path, lambda temporary: temporary.write_text(text))
         console.print(f"wrote {json_path}")

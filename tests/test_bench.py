@@ -69,6 +69,7 @@ def test_cli_bench_writes_json(tmp_path):
         (["--device", "tpu"], "unknown device"),
         (["--size", "33x24"], "multiples of 4"),
         (["--runs", "0"], "--runs"),
+        (["--json", "/no/such/folder/bench.json"], "does not exist"),
     ],
 )
 def test_cli_bench_errors_are_one_line(args, message):

@@ -32,8 +32,9 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -44,6 +45,9 @@ from .errors import StvsrError
 from .frames import IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, vimeo_septuplets
 from .metrics import quantize
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
+
+if TYPE_CHECKING:  # decode imports PyAV, which training on frame folders must not need
+    from .decode import VideoInfo
 
 WINDOW = 7  # HR frames per sample: 2n + 1 for MEGAN's n + 1 = 4 inputs
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m"})
@@ -143,13 +147,16 @@ class VideoSource(Source):
     kind = "videos"
 
     def __init__(self, path: Path, files: list[Path], size: int) -> None:
+        from .decode import probe  # PyAV is needed only when videos are used
+
         self.path = path
-        self.files, self.counts = [], []
+        self.files, self.infos, self.counts = [], [], []
         for file in files:
             frames, width, height = _probe_video(file)
             _check_size(file, width, height, size)
             if frames >= WINDOW:
                 self.files.append(file)
+                self.infos.append(probe(file))  # colour matrix and range, as `stvsr upscale` reads them
                 self.counts.append(frames - WINDOW + 1)
         if not self.files:
             raise StvsrError(f"{path}: no video has the {WINDOW} frames a training window needs")
@@ -160,7 +167,7 @@ class VideoSource(Source):
 
     def _decode(self, index: int) -> Tensor | None:
         video = int(torch.searchsorted(self.starts, index, right=True)) - 1
-        frames = _decode_window(self.files[video], index - int(self.starts[video]))
+        frames = _decode_window(self.infos[video], index - int(self.starts[video]))
         return None if frames is None or _crosses_cut(frames) else frames
 
     def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
@@ -485,13 +492,21 @@ def _probe_video(path: Path) -> tuple[int, int, int]:
         return frames, stream.codec_context.width, stream.codec_context.height
 
 
-def _decode_window(path: Path, start: int) -> Tensor | None:
+def _decode_window(info: VideoInfo, start: int) -> Tensor | None:
     """Frames start .. start + 6 of a video as (7, 3, H, W) in [0, 1]; None past the end.
 
     Seeks to the key frame before the window and decodes forward to it;
     frames are matched by their presentation time at the stream's frame rate.
+    Colour is converted by `decode.frame_to_rgb`, with the video's own matrix
+    and range, so the network trains on the colours `stvsr upscale` feeds it.
     """
     import av
+    from av.video.reformatter import VideoReformatter
+
+    from .decode import frame_to_rgb
+
+    path = info.path
+    reformatter = VideoReformatter()
 
     with _open_video(path) as container:
         stream = container.streams.video[0]
@@ -505,11 +520,12 @@ def _decode_window(path: Path, start: int) -> Tensor | None:
             for frame in container.decode(stream):
                 if frame.pts is not None and frame.pts < target - step / 2:
                     continue
-                frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1))
+                rgb = frame_to_rgb(frame, info, reformatter)  # (H, W, 3) uint8, or uint16 when deep
+                frames.append(torch.from_numpy(rgb.astype(np.float32) / np.iinfo(rgb.dtype).max).permute(2, 0, 1))
                 if len(frames) == WINDOW:
                     break
         except av.error.FFmpegError as error:
             raise StvsrError(f"{path}: decoding failed near frame {start} ({error})") from None
     if len(frames) < WINDOW:
         return None
-    return torch.stack(frames).float().div(255)
+    return torch.stack(frames)

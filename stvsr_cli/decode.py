@@ -170,7 +170,7 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
             if target < slot:
                 dropped += 1
                 continue
-            rgb = _to_rgb(frame, info, reformatter)
+            rgb = frame_to_rgb(frame, info, reformatter)
             for _ in range(target - slot):
                 yield previous.copy()
             repeated += target - slot
@@ -436,8 +436,9 @@ def _family(pix_fmt: str) -> str:
 _UPSAMPLE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.BITEXACT
 
 
-def _to_rgb(frame: av.VideoFrame, info: VideoInfo, reformatter: VideoReformatter) -> np.ndarray:
-    """(H, W, 3) uint8 or uint16 RGB. swscale brings a YUV or gray frame to
+def frame_to_rgb(frame: av.VideoFrame, info: VideoInfo, reformatter: VideoReformatter) -> np.ndarray:
+    """One decoded frame of the video `info` describes as (H, W, 3) RGB:
+    uint8, or uint16 over 0..65535 when `info.bit_depth` > 8. swscale brings a YUV or gray frame to
     planar 4:4:4 (or gray) at the source's depth with its range untouched;
     the matrix and range are then applied here in float32."""
     deep = info.bit_depth > 8

@@ -1,12 +1,22 @@
-"""Benchmarks: seconds per output frame, and achieved FLOP/s against what the
-same device does on a plain convolution, measured in the same run.
+"""Benchmarks: output frames per second of the network alone and of the
+whole `upscale` path, peak memory, and achieved FLOP/s against the device's
+peak and against a plain convolution measured in the same run.
 
 How the numbers are made (see also shared/docs/measuring.md):
 
 - A workload is an output size; the network runs on windows of n + 1 = 4 LR
-  frames at a quarter of it. Windows start every 2 LR frames
-  (`stvsr_cli.windows`), so on a long video each window adds 4 output frames:
-  seconds per output frame = seconds per window / 4.
+  frames at a quarter of it. Two are standard (`WORKLOADS`): "vid4", LR
+  180x144 to 720x576, and "1080p", LR 480x270 to 1920x1080. Windows start
+  every 2 LR frames (`stvsr_cli.windows`), so on a long video each window
+  adds 4 output frames: seconds per output frame = seconds per window / 4.
+- The network alone runs windows through `upscale_tiled` with the same tile
+  size `upscale` uses, so both paths do the same network work.
+- The whole path (`bench_pipeline`) is `upscale_video` on a generated clip
+  with motion and an AAC track (decode, scene-cut detection, network,
+  stitching, ffmpeg encode, audio mux), with the network loaded once
+  outside the timing, as on a long film. Its efficiency is the time the
+  network alone needs for that clip's windows over the time the whole path
+  took: 100% means decoding and encoding are completely hidden.
 - FLOPs are counted from the model (`torch.utils.flop_counter`) during the
   first, warm-up, window. `FlopCounterMode` does not know torchvision's
   deformable convolution, so it is given its formula, 2 * Cin * Cout * k * k
@@ -16,6 +26,13 @@ How the numbers are made (see also shared/docs/measuring.md):
   maps of the workload's LR size, the most common layer in the network. It is
   timed between the network's windows (A B A B ...), so a machine that gets
   busier or quieter during the run moves both, and their ratio holds.
+- The fraction of the device's peak uses NVIDIA's dense tensor-core figure
+  for the precision (`DEVICE_PEAK_TFLOPS`; TF32 for fp32, which cuDNN uses
+  for convolutions by default), or `peak_tflops` when given; CPUs have none,
+  and the plain convolution is their yardstick.
+- Peak memory: on a GPU, the most memory PyTorch allocated during the
+  measurement; on the CPU, the process's peak resident size so far
+  (`ru_maxrss`, which cannot be reset).
 - Every figure is the median of the timed runs, after warm-up.
 
 The command line (`stvsr bench`) is a thin layer over `run_bench`.
@@ -26,9 +43,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import platform
+import resource
 import statistics
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -39,10 +60,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .config import PRESETS
 from .errors import StvsrError
-from .inference import Upscaler, resolve_device, resolve_precision
+from .inference import Upscaler, resolve_device
 from .layers import ModulatedDeformConv
 from .layers.deform_cpu import deform_conv2d
 from .megan import MEGAN
+from .stream import check_run_options
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
+from .windows import Window, WindowPlanner
 
 OUTPUT_FRAMES_PER_WINDOW = 4  # a window every 2 LR frames, 2 output frames per LR frame
 REFERENCE_BATCH = 4  # feature maps in the reference convolution: the window's LR frames
@@ -55,6 +79,7 @@ class Workload:
 
     width: int
     height: int
+    name: str = ""
 
     def __post_init__(self) -> None:
         if self.width < 4 or self.height < 4 or self.width % 4 or self.height % 4:
@@ -67,15 +92,49 @@ class Workload:
 
     @classmethod
     def parse(cls, text: str) -> Workload:
+        """A standard workload's name (vid4, 1080p) or an output size WIDTHxHEIGHT."""
+        if text.lower() in WORKLOADS:
+            return WORKLOADS[text.lower()]
         try:
             width, height = (int(part) for part in text.lower().split("x"))
         except ValueError:
-            raise StvsrError(f"size {text!r} should be WIDTHxHEIGHT of the output, e.g. 640x360") from None
+            raise StvsrError(
+                f"size {text!r} should be {' or '.join(WORKLOADS)}, or WIDTHxHEIGHT of the output, e.g. 640x360"
+            ) from None
         return cls(width, height)
 
     def __str__(self) -> str:
         h, w = self.lr_size
-        return f"{self.width}x{self.height} output ({w}x{h} LR)"
+        size = f"{self.width}x{self.height} output ({w}x{h} LR)"
+        return f"{self.name}, {size}" if self.name else size
+
+
+WORKLOADS = {
+    # Vid4's frame size, the field's standard test (ZSM and MEGAN report on it).
+    "vid4": Workload(720, 576, "vid4"),
+    "1080p": Workload(1920, 1080, "1080p"),
+}
+
+# Dense tensor-core TFLOP/s from NVIDIA's datasheets, by a part of the name
+# torch.cuda.get_device_name gives (the first that matches is used). float32
+# is the TF32 figure: cuDNN runs fp32 convolutions on TF32 by default.
+DEVICE_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
+    ("H100 PCIe", {"float32": 378.0, "bfloat16": 756.0, "float16": 756.0}),
+    ("H100", {"float32": 494.7, "bfloat16": 989.4, "float16": 989.4}),  # SXM5
+    ("H200", {"float32": 494.7, "bfloat16": 989.4, "float16": 989.4}),
+    ("A100", {"float32": 156.0, "bfloat16": 312.0, "float16": 312.0}),
+]
+
+
+def device_peak_tflops(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The device's peak for `dtype` from `DEVICE_PEAK_TFLOPS`, or None (CPUs, unknown GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for part, peaks in DEVICE_PEAK_TFLOPS:
+        if part in name:
+            return peaks.get(str(dtype).removeprefix("torch."))
+    return None
 
 
 @dataclass(frozen=True)
@@ -101,18 +160,60 @@ class ModelResult:
     preset: str
     workload: Workload
     precision: str
-    window: Timing  # one window of 4 LR frames through `Upscaler`
+    tile: int  # LR tile side (0: whole frames), as `upscale --tile`
+    window: Timing  # one window of 4 LR frames through `upscale_tiled`
     deform_gflop: float  # the deformable convolutions' part of window.gflop
     conv: Timing  # the reference convolution
+    peak_memory: int  # bytes (see the module docstring)
+    peak_tflops: float | None = None  # the device's, for this precision
 
     @property
     def seconds_per_frame(self) -> float:
         return self.window.median_seconds / OUTPUT_FRAMES_PER_WINDOW
 
     @property
+    def fps(self) -> float:
+        return 1 / self.seconds_per_frame
+
+    @property
     def conv_fraction(self) -> float:
         """Achieved GFLOP/s of the network over those of the reference convolution."""
         return self.window.gflops / self.conv.gflops
+
+    @property
+    def peak_fraction(self) -> float | None:
+        """Achieved FLOP/s over the device's peak, where it is known."""
+        return None if self.peak_tflops is None else self.window.gflops / 1e3 / self.peak_tflops
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """The whole `upscale` path on a generated clip, with the network loaded once."""
+
+    preset: str
+    workload: Workload
+    precision: str
+    input_frames: int
+    output_frames: int
+    windows: int  # network windows the clip needs
+    seconds: list[float]  # wall time of each timed run
+    peak_memory: int  # bytes
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def fps(self) -> float:
+        return self.output_frames / self.median_seconds
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.median_seconds / self.output_frames
+
+    def efficiency(self, model: ModelResult) -> float:
+        """The network-alone time for this clip's windows over the whole path's time."""
+        return self.windows * model.window.median_seconds / self.median_seconds
 
 
 @dataclass(frozen=True)
@@ -133,6 +234,7 @@ class BenchReport:
     threads: int
     torch_version: str
     models: list[ModelResult] = field(default_factory=list)
+    pipelines: list[PipelineResult | None] = field(default_factory=list)  # models[i]'s, None if not run
     deform: DeformResult | None = None
 
     def to_dict(self) -> dict:
@@ -141,19 +243,42 @@ class BenchReport:
         def timing(t: Timing) -> dict:
             return {"gflop": t.gflop, "seconds": t.seconds, "median_seconds": t.median_seconds, "gflops": t.gflops}
 
+        def pipeline(p: PipelineResult | None, m: ModelResult) -> dict | None:
+            if p is None:
+                return None
+            return {
+                "input_frames": p.input_frames,
+                "output_frames": p.output_frames,
+                "windows": p.windows,
+                "seconds": p.seconds,
+                "median_seconds": p.median_seconds,
+                "fps": p.fps,
+                "seconds_per_frame": p.seconds_per_frame,
+                "peak_memory_bytes": p.peak_memory,
+                "efficiency": p.efficiency(m),
+            }
+
+        pipelines = self.pipelines or [None] * len(self.models)
         models = [
             {
                 "preset": m.preset,
+                "workload": m.workload.name or None,
                 "output_size": [m.workload.width, m.workload.height],
                 "lr_size": [m.workload.lr_size[1], m.workload.lr_size[0]],
                 "precision": m.precision,
+                "tile": m.tile,
                 "window": timing(m.window),
                 "deform_gflop": m.deform_gflop,
                 "seconds_per_frame": m.seconds_per_frame,
+                "fps": m.fps,
+                "peak_memory_bytes": m.peak_memory,
+                "device_peak_tflops": m.peak_tflops,
+                "peak_fraction": m.peak_fraction,
                 "conv": timing(m.conv),
                 "conv_fraction": m.conv_fraction,
+                "end_to_end": pipeline(p, m),
             }
-            for m in self.models
+            for m, p in zip(self.models, pipelines)
         ]
         deform = None
         if self.deform is not None:
@@ -186,6 +311,17 @@ def device_name(device: torch.device) -> str:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -252,38 +388,114 @@ def _conv_repeats(gflop: float) -> int:
 
 
 def bench_model(
+    upscaler: Upscaler,
     preset: str,
     workload: Workload,
-    device: torch.device,
-    precision: str = "auto",
     runs: int = 3,
     warmup: int = 1,
+    tile: int = DEFAULT_TILE,
+    peak_tflops: float | None = None,
 ) -> ModelResult:
-    """Time `runs` windows of `preset` (random weights) on `workload`, after
+    """Time `runs` windows of `upscaler`'s network on `workload`, after
     `warmup` windows (at least one: it counts the FLOPs), with the reference
-    convolution timed between them."""
-    dtype = resolve_precision(precision, device)
-    upscaler = Upscaler(MEGAN(PRESETS[preset]), device=str(device), precision=precision)
+    convolution timed between them. `peak_tflops` overrides the device's
+    figure from `DEVICE_PEAK_TFLOPS`."""
+    device, dtype = upscaler.device, upscaler.dtype
     frames = torch.rand(1, upscaler.input_frames, 3, *workload.lr_size, device=device)
     conv, conv_gflop = reference_conv(device, dtype, workload.lr_size)
 
+    def window() -> Tensor:
+        return upscale_tiled(upscaler, frames, scale=upscaler.scale, tile=tile, overlap=DEFAULT_OVERLAP)
+
+    _reset_peak_memory(device)
     with count_flops(upscaler.model) as counts:
-        upscaler(frames)
+        window()
     for _ in range(max(warmup, 1) - 1):
-        upscaler(frames)
+        window()
     conv()
     conv_seconds, window_seconds = [], []
     for _ in range(runs):
         conv_seconds += [_timed(conv, device) for _ in range(_conv_repeats(conv_gflop))]
-        window_seconds.append(_timed(lambda: upscaler(frames), device))
+        window_seconds.append(_timed(window, device))
     conv_seconds += [_timed(conv, device) for _ in range(_conv_repeats(conv_gflop))]
     return ModelResult(
         preset=preset,
         workload=workload,
         precision=str(dtype).removeprefix("torch."),
+        tile=tile,
         window=Timing(counts["total"] / 1e9, window_seconds),
         deform_gflop=counts["deform"] / 1e9,
         conv=Timing(conv_gflop, conv_seconds),
+        peak_memory=_peak_memory(device),
+        peak_tflops=peak_tflops if peak_tflops is not None else device_peak_tflops(device, dtype),
+    )
+
+
+def windows_needed(frames: int, input_frames: int = 4) -> int:
+    """Network windows a clip of `frames` LR frames without scene cuts takes."""
+    planner: WindowPlanner[int] = WindowPlanner(input_frames)
+    items = [item for index in range(frames) for item in planner.push(index, cut=False)] + planner.finish()
+    return sum(isinstance(item, Window) for item in items)
+
+
+def make_clip(path: Path, workload: Workload, frames: int, fps: int = 25) -> Path:
+    """An H.264 clip of `frames` LR frames of ffmpeg's moving test pattern, with an AAC tone."""
+    from .encode import ffmpeg_exe
+
+    h, w = workload.lr_size
+    seconds = frames / fps
+    command = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"testsrc2=size={w}x{h}:rate={fps}",
+        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+        "-frames:v", str(frames), "-c:v", "libx264", "-crf", "12",
+        "-pix_fmt", "yuv444p" if w % 2 or h % 2 else "yuv420p", "-c:a", "aac", str(path),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StvsrError(f"could not make the benchmark clip with ffmpeg: {done.stderr.strip()[-300:]}")
+    return path
+
+
+def bench_pipeline(
+    upscaler: Upscaler,
+    preset: str,
+    workload: Workload,
+    frames: int,
+    runs: int = 3,
+    warmup: int = 1,
+    tile: int = DEFAULT_TILE,
+) -> PipelineResult:
+    """Time `upscale_video` on a generated clip of `frames` LR frames with
+    audio: `warmup` untimed runs, then `runs` timed ones."""
+    try:
+        from .upscale import UpscaleOptions, upscale_video
+    except ImportError as error:  # PyAV missing, as on a bare GPU machine
+        raise StvsrError(f"the end-to-end benchmark needs PyAV ({error}); pip install av, or use --model-only") from None
+
+    options = UpscaleOptions(tile=tile, overwrite=True)
+    with tempfile.TemporaryDirectory(prefix="stvsr-bench-") as folder:
+        clip = make_clip(Path(folder) / "clip.mp4", workload, frames)
+        output = Path(folder) / "upscaled.mp4"
+        for _ in range(warmup):
+            upscale_video(clip, output, options, upscaler=upscaler)
+        seconds, result = [], None
+        _reset_peak_memory(upscaler.device)
+        for _ in range(runs):
+            _synchronize(upscaler.device)
+            result = upscale_video(clip, output, options, upscaler=upscaler)
+            _synchronize(upscaler.device)
+            seconds.append(result.seconds)
+        assert result is not None
+    return PipelineResult(
+        preset=preset,
+        workload=workload,
+        precision=str(upscaler.dtype).removeprefix("torch."),
+        input_frames=result.input_frames,
+        output_frames=result.output_frames,
+        windows=windows_needed(result.input_frames, upscaler.input_frames),
+        seconds=seconds,
+        peak_memory=_peak_memory(upscaler.device),
     )
 
 
@@ -318,20 +530,39 @@ def bench_deform(device: torch.device, workload: Workload, runs: int = 3) -> Def
     )
 
 
+def default_workloads(device: torch.device) -> list[Workload]:
+    """Both standard workloads on a GPU; on a CPU only vid4 (1080p takes minutes a window there)."""
+    return list(WORKLOADS.values()) if device.type == "cuda" else [WORKLOADS["vid4"]]
+
+
+def default_clip_frames(device: torch.device) -> int:
+    """LR frames of the end-to-end clip: enough on a GPU for start-up to fade; few on a CPU."""
+    return 96 if device.type == "cuda" else 8
+
+
 def run_bench(
     presets: list[str],
-    workload: Workload,
+    workloads: list[Workload] | None = None,
     device: str = "auto",
-    precision: str = "auto",
+    precisions: Sequence[str] = ("auto",),
     runs: int = 3,
     warmup: int = 1,
     threads: int | None = None,
     deform: bool = True,
+    end_to_end: bool = True,
+    clip_frames: int | None = None,
+    tile: int = DEFAULT_TILE,
+    peak_tflops: float | None = None,
 ) -> BenchReport:
-    """Benchmark each preset on `workload`; with `deform`, also compare the
-    deformable convolutions (on the CPU, where stvsr has its own)."""
+    """Benchmark each preset at each precision on each workload (None: the
+    device's defaults): the network alone and, with `end_to_end`, the whole
+    upscale path on a clip of `clip_frames` LR frames. With `deform`, also
+    compare the deformable convolutions (on the CPU, where stvsr has its own)."""
     if runs < 1:
         raise StvsrError(f"--runs must be at least 1 (got {runs})")
+    if clip_frames is not None and clip_frames < 1:
+        raise StvsrError(f"--frames must be at least 1 (got {clip_frames})")
+    check_run_options(tile, DEFAULT_OVERLAP, batch=1)
     torch_device = resolve_device(device)
     if threads is not None:
         if threads < 1:
@@ -340,11 +571,23 @@ def run_bench(
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise StvsrError(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}")
+    workloads = workloads or default_workloads(torch_device)
+    clip_frames = clip_frames or default_clip_frames(torch_device)
     report = BenchReport(
         device=device_name(torch_device), threads=torch.get_num_threads(), torch_version=torch.__version__
     )
     if deform and torch_device.type == "cpu":
-        report = dataclasses.replace(report, deform=bench_deform(torch_device, workload, runs))
-    models = [bench_model(p, workload, torch_device, precision, runs, warmup) for p in presets]
-    return dataclasses.replace(report, models=models)
+        report = dataclasses.replace(report, deform=bench_deform(torch_device, workloads[0], runs))
+    models: list[ModelResult] = []
+    pipelines: list[PipelineResult | None] = []
+    for preset in presets:
+        for precision in precisions:
+            upscaler = Upscaler(MEGAN(PRESETS[preset]), device=str(torch_device), precision=precision)
+            for workload in workloads:
+                model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
+                models.append(model)
+                pipelines.append(
+                    bench_pipeline(upscaler, preset, workload, clip_frames, runs, warmup, tile) if end_to_end else None
+                )
+    return dataclasses.replace(report, models=models, pipelines=pipelines)
 

@@ -442,34 +442,49 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
     multiple=True,
     help="Network size to time; repeat for several.  [default: paper and small]",
 )
-@click.option("--precision", default="auto", show_default=True, help="auto, fp32, bf16 or fp16.")
-@click.option("--size", default="640x360", show_default=True, help="Output frame size, WIDTHxHEIGHT.")
-@click.option("--runs", default=3, show_default=True, help="Timed windows per preset (the median is reported).")
-@click.option("--warmup", default=1, show_default=True, help="Untimed windows first (the first counts the FLOPs).")
+@click.option("--precision", "precisions", multiple=True,
+              help="auto, fp32, bf16 or fp16; repeat to compare in one run.  [default: auto]")
+@click.option("--size", "sizes", multiple=True,
+              help="Workload: vid4 (720x576 output), 1080p, or an output size WIDTHxHEIGHT; repeatable.  "
+                   "[default: vid4 and 1080p on a GPU, vid4 on the CPU]")
+@click.option("--end-to-end/--model-only", default=True, show_default=True,
+              help="Also time the whole upscale path (decode, network, encode, audio) on a generated clip.")
+@click.option("--frames", type=int, help="LR frames of the end-to-end clip.  [default: 96 on a GPU, 8 on the CPU]")
+@click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
+              help="LR tile side, as upscale's (0: whole frames).")
+@click.option("--runs", default=3, show_default=True, help="Timed runs of each measurement (the median is reported).")
+@click.option("--warmup", default=1, show_default=True, help="Untimed runs first (the first counts the FLOPs).")
 @click.option("--threads", type=int, help="CPU threads for PyTorch.  [default: PyTorch's, one per core]")
 @click.option("--deform/--no-deform", default=True, show_default=True,
               help="On the CPU, also time torchvision's deformable convolution against stvsr's.")
+@click.option("--peak-tflops", type=float, help="The device's peak TFLOP/s, for GPUs stvsr does not know.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every measurement to this JSON file.")
 def bench(
     device: str,
     presets: tuple[str, ...],
-    precision: str,
-    size: str,
+    precisions: tuple[str, ...],
+    sizes: tuple[str, ...],
+    end_to_end: bool,
+    frames: int | None,
+    tile: int,
     runs: int,
     warmup: int,
     threads: int | None,
     deform: bool,
+    peak_tflops: float | None,
     json_path: Path | None,
 ) -> None:
-    """Time the network with random weights: seconds per output frame, and
-    achieved GFLOP/s against a plain 64-channel 3x3 convolution timed in the
-    same run on the same device.
+    """Time the network with random weights, alone and inside the whole
+    upscale path: output frames per second, milliseconds per frame, peak
+    memory, and achieved FLOP/s against the device's peak and against a
+    plain 64-channel 3x3 convolution timed in the same run.
 
     \b
     Example:
-      stvsr bench --device cpu
-      stvsr bench --device cpu --preset small --size 320x180 --json bench.json
+      stvsr bench                                   # the standard workloads on this machine
+      stvsr bench --device cuda --precision fp32 --precision bf16 --json bench.json
+      stvsr bench --device cpu --preset small --size 320x180 --model-only
     """
     from .bench import Workload, run_bench
 
@@ -477,13 +492,17 @@ def bench(
         check_output_file(json_path, "--json")  # before minutes of timing, not after
     report = run_bench(
         list(presets) or ["paper", "small"],
-        Workload.parse(size),
+        [Workload.parse(size) for size in sizes] or None,
         device=device,
-        precision=precision,
+        precisions=list(precisions) or ["auto"],
         runs=runs,
         warmup=warmup,
         threads=threads,
         deform=deform,
+        end_to_end=end_to_end,
+        clip_frames=frames,
+        tile=tile,
+        peak_tflops=peak_tflops,
     )
     console = Console()
     console.print(f"{report.device}, {report.threads} PyTorch threads, torch {report.torch_version}")
@@ -495,16 +514,44 @@ def bench(
         for name, timing in (("torchvision", d.torchvision), ("stvsr", d.stvsr), ("plain 3x3 conv", d.conv)):
             table.add_row(name, f"{timing.median_seconds * 1e3:.1f}", f"{timing.gflops:.1f}")
         console.print(table)
-    first = report.models[0]
-    table = Table(title=f"Network, {first.precision}, {first.workload}: a window of 4 LR frames adds 4 output frames")
-    for column in ("preset", "s / window", "s / frame", "GFLOP / window", "GFLOP/s", "conv GFLOP/s", "of conv"):
+
+    def mib(size: int) -> str:
+        return f"{size / 2**20:,.0f}"
+
+    def short(precision: str) -> str:
+        return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(precision, precision)
+
+    def name(workload) -> str:
+        return workload.name or f"{workload.width}x{workload.height}"
+
+    memory = "RSS" if report.device.startswith("CPU") else "GPU memory"
+    table = Table(title=f"Network alone (a window adds 4 output frames); MiB: peak {memory}",
+                  box=box.SIMPLE_HEAD)
+    known_peak = any(m.peak_fraction is not None for m in report.models)  # never on a CPU
+    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", "of peak", "of conv", "MiB")
+    for column in columns if known_peak else tuple(c for c in columns if c != "of peak"):
         table.add_column(column, justify="right")
     for m in report.models:
+        peak = ["-" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"] if known_peak else []
         table.add_row(
-            m.preset, f"{m.window.median_seconds:.2f}", f"{m.seconds_per_frame:.3f}", f"{m.window.gflop:.0f}",
-            f"{m.window.gflops:.1f}", f"{m.conv.gflops:.1f}", f"{m.conv_fraction:.0%}",
-        )
+            m.preset, short(m.precision), name(m.workload),
+            f"{m.seconds_per_frame * 1e3:,.1f}", f"{m.fps:.2f}", f"{m.window.gflops / 1e3:.3f}", *peak,
+            f"{m.conv_fraction:.0%}", mib(m.peak_memory),
+        )  # fmt: skip
     console.print(table)
+    if any(p is not None for p in report.pipelines):
+        table = Table(title=f"Whole upscale path (decode, network, encode, audio); MiB: peak {memory}",
+                      box=box.SIMPLE_HEAD)
+        for column in ("preset", "dtype", "workload", "frames", "ms/frame", "fps", "of network", "MiB"):
+            table.add_column(column, justify="right")
+        for m, p in zip(report.models, report.pipelines):
+            if p is not None:
+                table.add_row(
+                    p.preset, short(p.precision), name(p.workload),
+                    str(p.output_frames), f"{p.seconds_per_frame * 1e3:,.1f}", f"{p.fps:.2f}",
+                    f"{p.efficiency(m):.0%}", mib(p.peak_memory),
+                )  # fmt: skip
+        console.print(table)
     if json_path is not None:
         text = json.dumps(report.to_dict(), indent=2) + "\n"
         write_atomically(json_path, lambda temporary: temporary.write_text(text))

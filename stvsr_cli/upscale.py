@@ -77,12 +77,16 @@ def upscale_video(
     output: str | os.PathLike,
     options: UpscaleOptions = UpscaleOptions(),
     progress: Progress | None = None,
+    *,
+    upscaler: Upscaler | None = None,
 ) -> UpscaleResult:
     """Upscale `input` 4x in space and 2x in time into `output`.
 
     `output` is a video file (its extension picks the container) or a
     directory, which receives numbered PNG frames. Raises `StvsrError` for
     anything the user can fix; leaves no partial output on any failure.
+    `upscaler`, an already loaded network, replaces options.weights, device
+    and precision (`stvsr bench` times several runs of one network).
     """
     started = time.perf_counter()
     input = Path(input)
@@ -91,7 +95,8 @@ def upscale_video(
     check_output(input, output, overwrite=options.overwrite)
     check_encoder(options.encode, output)
     check_run_options(options.tile, options.tile_overlap, options.batch)
-    upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
+    if upscaler is None:
+        upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
 
     scale = upscaler.scale
     size = (info.width * scale, info.height * scale)

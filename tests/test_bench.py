@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from stvsr_cli import MEGAN, PRESETS, StvsrError
-from stvsr_cli.bench import Workload, count_flops, run_bench
+from stvsr_cli.bench import WORKLOADS, Workload, count_flops, device_peak_tflops, run_bench, windows_needed
 from stvsr_cli.cli import main
 from stvsr_cli.layers import ModulatedDeformConv
 from stvsr_cli.layers.deform_cpu import cpu_backend
@@ -38,13 +38,53 @@ def test_network_flops_do_not_depend_on_the_deformable_path():
 
 
 def test_run_bench_reports_every_preset_with_consistent_derived_figures():
-    report = run_bench(["tiny"], Workload(32, 24), device="cpu", runs=1, warmup=1)
+    report = run_bench(["tiny"], [Workload(32, 24)], device="cpu", runs=1, warmup=1, end_to_end=False)
     (model,) = report.models
     assert model.preset == "tiny" and model.workload.lr_size == (6, 8) and model.precision == "float32"
     assert model.seconds_per_frame == pytest.approx(model.window.median_seconds / 4)
+    assert model.fps == pytest.approx(1 / model.seconds_per_frame)
     assert model.conv_fraction == pytest.approx(model.window.gflops / model.conv.gflops)
+    assert model.peak_fraction is None and model.peak_memory > 0  # a CPU has no datasheet peak here
     assert report.deform is not None and report.deform.torchvision.gflop == report.deform.stvsr.gflop
-    assert json.loads(json.dumps(report.to_dict()))["models"][0]["preset"] == "tiny"
+    saved = json.loads(json.dumps(report.to_dict()))["models"][0]
+    assert saved["preset"] == "tiny" and saved["end_to_end"] is None
+
+
+def test_end_to_end_runs_the_whole_upscale_path_on_a_clip_with_audio():
+    report = run_bench(["tiny"], [Workload(48, 32)], device="cpu", runs=2, warmup=1, deform=False, clip_frames=6)
+    (model,), (pipeline,) = report.models, report.pipelines
+    assert (pipeline.input_frames, pipeline.output_frames, pipeline.windows) == (6, 12, 2)
+    assert len(pipeline.seconds) == 2 and pipeline.fps == pytest.approx(12 / pipeline.median_seconds)
+    # The network's share of the clip's time: its windows at the network-alone speed.
+    assert pipeline.efficiency(model) == pytest.approx(2 * model.window.median_seconds / pipeline.median_seconds)
+    saved = report.to_dict()["models"][0]["end_to_end"]
+    assert saved["output_frames"] == 12 and saved["efficiency"] == pytest.approx(pipeline.efficiency(model))
+
+
+@pytest.mark.parametrize("frames, windows", [(1, 1), (4, 1), (5, 2), (6, 2), (8, 3), (96, 47)])
+def test_windows_needed_follows_the_planner(frames, windows):
+    assert windows_needed(frames) == windows
+
+
+def test_standard_workloads_by_name():
+    assert Workload.parse("vid4") == WORKLOADS["vid4"] and WORKLOADS["vid4"].lr_size == (144, 180)
+    assert Workload.parse("1080P").lr_size == (270, 480)
+    assert str(WORKLOADS["1080p"]) == "1080p, 1920x1080 output (480x270 LR)"
+
+
+@pytest.mark.parametrize(
+    "name, dtype, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", torch.bfloat16, 989.4),
+        ("NVIDIA H100 PCIe", torch.bfloat16, 756.0),
+        ("NVIDIA H100 80GB HBM3", torch.float32, 494.7),
+        ("NVIDIA GeForce GTX 1080", torch.float16, None),
+    ],
+)
+def test_device_peak_comes_from_the_table_by_name(monkeypatch, name, dtype, peak):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert device_peak_tflops(torch.device("cuda"), dtype) == peak
+    assert device_peak_tflops(torch.device("cpu"), dtype) is None
 
 
 @pytest.mark.parametrize("text", ["640x361", "640", "wide x tall"])
@@ -55,12 +95,14 @@ def test_bad_sizes_are_refused(text):
 
 def test_cli_bench_writes_json(tmp_path):
     path = tmp_path / "bench.json"
-    args = ["bench", "--device", "cpu", "--preset", "tiny", "--size", "32x24", "--runs", "1", "--no-deform"]
+    args = ["bench", "--device", "cpu", "--preset", "tiny", "--size", "32x24", "--runs", "1", "--no-deform",
+            "--frames", "4"]
     result = CliRunner().invoke(main, [*args, "--json", str(path)])
     assert result.exit_code == 0, result.output
-    assert "tiny" in result.output and "of conv" in result.output
+    assert "tiny" in result.output and "of conv" in result.output and "of network" in result.output
     saved = json.loads(path.read_text())
     assert saved["deform"] is None and saved["models"][0]["output_size"] == [32, 24]
+    assert saved["models"][0]["end_to_end"]["output_frames"] == 8
 
 
 @pytest.mark.parametrize(
@@ -69,6 +111,8 @@ def test_cli_bench_writes_json(tmp_path):
         (["--device", "tpu"], "unknown device"),
         (["--size", "33x24"], "multiples of 4"),
         (["--runs", "0"], "--runs"),
+        (["--frames", "0"], "--frames"),
+        (["--size", "4k"], "vid4 or 1080p"),
         (["--json", "/no/such/folder/bench.json"], "does not exist"),
     ],
 )

@@ -38,7 +38,7 @@ from .encode import EncodeOptions
 from .evaluate import BLEND, MODEL, REPEAT, EvalOptions, EvalReport, check_output_file, evaluate, plot_psnr, write_json
 from .tiling import DEFAULT_TILE
 from .upscale import UpscaleOptions, upscale_video
-from .weights import load_model, write_atomically
+from .weights import load_model, weights_metadata, write_atomically
 from .windows import DEFAULT_SCENE_THRESHOLD
 
 
@@ -129,6 +129,14 @@ def info(preset: str | None, weights: Path | None) -> None:
     source = f"preset {preset}" if preset else str(weights)
 
     console = Console()
+    if weights is not None:
+        metadata = weights_metadata(weights)
+        about = Table(title=f"Weights file {weights.name}", show_header=False)
+        for key in ("preset", "trained", "stvsr_version", "description"):
+            if metadata.get(key):
+                about.add_row(key, metadata[key])
+        if about.row_count:
+            console.print(about)
     config = Table(title=f"MEGAN configuration ({source})", show_header=False)
     for name, value in model.config.to_dict().items():
         config.add_row(name, str(value))

@@ -96,3 +96,8 @@ PRESETS: dict[str, MEGANConfig] = {
         residual_blocks=1,
     ),
 }
+
+
+def preset_name(config: MEGANConfig) -> str | None:
+    """The name of the preset `config` is, or None for other sizes."""
+    return next((name for name, preset in PRESETS.items() if preset == config), None)

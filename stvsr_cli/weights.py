@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import __version__
-from .config import MEGANConfig
+from .config import MEGANConfig, preset_name
 from .errors import StvsrError
 from .megan import MEGAN
 
@@ -59,6 +59,7 @@ def save_weights(
     metadata = {
         "format": FORMAT,
         "config": json.dumps(model.config.to_dict()),
+        "preset": preset_name(model.config) or "custom",
         "stvsr_version": __version__,
         "trained": "yes" if trained else "no",
         "description": description,
@@ -101,13 +102,18 @@ def default_weights_path() -> Path:
     return installed if installed.is_file() else checkout
 
 
-def is_untrained(path: str | os.PathLike) -> bool:
-    """Whether a weights file says it was never trained (a placeholder)."""
+def weights_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors weights file ({} for other files)."""
     try:
         with safe_open(Path(path), framework="pt") as file:
-            return (file.metadata() or {}).get("trained") == "no"
+            return dict(file.metadata() or {})
     except (SafetensorError, OSError):
-        return False
+        return {}
+
+
+def is_untrained(path: str | os.PathLike) -> bool:
+    """Whether a weights file says it was never trained (a placeholder)."""
+    return weights_metadata(path).get("trained") == "no"
 
 
 def read_weights(path: str | os.PathLike) -> tuple[MEGANConfig, dict[str, Tensor]]:

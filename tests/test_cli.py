@@ -5,7 +5,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from stvsr_cli import PRESETS, MEGAN, WeightsError, __version__, save_weights
+from stvsr_cli import PRESETS, MEGAN, MEGANConfig, WeightsError, __version__, save_weights
+from stvsr_cli.weights import weights_metadata
 from stvsr_cli.cli import main
 
 
@@ -38,10 +39,18 @@ def test_info_for_a_preset(runner):
 
 def test_info_for_a_weights_file(runner, tmp_path):
     path = tmp_path / "tiny.safetensors"
-    save_weights(MEGAN(PRESETS["tiny"]), path)
+    save_weights(MEGAN(PRESETS["tiny"]), path, description="made by a test")
     result = runner.invoke(main, ["info", "--weights", str(path)])
     assert result.exit_code == 0, result.output
     assert f"{MEGAN(PRESETS['tiny']).num_parameters():,}" in result.output
+    assert "tiny" in result.output and "made by a test" in result.output  # the file records its preset
+
+
+def test_weights_of_other_sizes_record_a_custom_preset(tmp_path):
+    path = tmp_path / "wide.safetensors"
+    save_weights(MEGAN(MEGANConfig(**{**PRESETS["tiny"].to_dict(), "channels": 12})), path)
+    assert weights_metadata(path)["preset"] == "custom"
+    assert weights_metadata(tmp_path / "missing.safetensors") == {}
 
 
 def test_bad_weights_file_gives_one_line_and_no_traceback(runner, tmp_path):

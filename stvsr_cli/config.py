@@ -30,6 +30,9 @@ class MEGANConfig:
     graph_layers: int = 2  # K: graph convolution layers in LMGA (eq. 13)
     fusion_blocks: int = 5  # m2: progressive fusion residual dense blocks (sec. 3.4)
     residual_blocks: int = 20  # m3: residual blocks before upsampling (sec. 3.4)
+    # 1: the output is a correction added to the bicubic + blend baseline (see
+    # MEGAN.baseline); 0, the paper's network, has no such image-space path.
+    image_residual: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -43,6 +46,8 @@ class MEGANConfig:
             problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
         if not 1 <= self.memory_size <= self.output_frames:
             problems.append(f"memory_size must be between 1 and {self.output_frames} (got {self.memory_size})")
+        if self.image_residual not in (0, 1):
+            problems.append(f"image_residual must be 0 or 1 (got {self.image_residual})")
         if self.attention_window < 1:
             problems.append(f"attention_window must be positive (got {self.attention_window})")
         for name in ("nonlocal_blocks", "graph_layers", "fusion_blocks", "residual_blocks"):
@@ -83,8 +88,10 @@ class MEGANConfig:
 PRESETS: dict[str, MEGANConfig] = {
     # The paper's network: 10.5 M parameters against the reported 10.7 M.
     "paper": MEGANConfig(),
-    # Half the width and half the depth, for machines without a GPU.
-    "small": MEGANConfig(channels=32, deformable_groups=4, fusion_blocks=3, residual_blocks=10),
+    # Half the width and half the depth, for machines without a GPU. It learns a
+    # correction to bicubic + blend (image_residual), so a training run short
+    # enough for a CPU starts from that baseline instead of from noise.
+    "small": MEGANConfig(channels=32, deformable_groups=4, fusion_blocks=3, residual_blocks=10, image_residual=1),
     # Every block present once, at a width that runs in milliseconds: for tests.
     "tiny": MEGANConfig(
         channels=8,

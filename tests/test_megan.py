@@ -155,3 +155,35 @@ def test_config_round_trips_through_a_dict():
         assert MEGANConfig.from_dict(config.to_dict()) == config
     with pytest.raises(StvsrError, match="newer stvsr"):
         MEGANConfig.from_dict({**PRESETS["tiny"].to_dict(), "wings": 2})
+
+
+RESIDUAL = MEGANConfig(**{**PRESETS["tiny"].to_dict(), "image_residual": 1})
+
+
+def test_image_residual_starts_at_bicubic_plus_blend():
+    """With image_residual the untrained network is exactly the baseline: inputs
+    enlarged with bicubic at the even indices, neighbours' means between them."""
+    model = MEGAN(RESIDUAL).eval()
+    frames = torch.rand(2, 4, 3, 8, 12)
+    with torch.inference_mode():
+        out = model(frames)
+    enlarged = torch.nn.functional.interpolate(frames.flatten(0, 1), scale_factor=4, mode="bicubic")
+    enlarged = enlarged.view(2, 4, 3, 32, 48)
+    assert torch.equal(out[:, 0::2], enlarged)
+    assert torch.allclose(out[:, 1::2], (enlarged[:, :-1] + enlarged[:, 1:]) / 2)
+
+
+def test_image_residual_trains_every_parameter():
+    model = MEGAN(RESIDUAL).train()
+    perturb_zero_initialised(model)
+    out = model(torch.rand(2, 4, 3, 16, 16))
+    (out - torch.rand_like(out)).abs().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_image_residual_is_off_in_the_paper_preset_and_in_older_weights_files():
+    assert PRESETS["paper"].image_residual == 0 and PRESETS["small"].image_residual == 1
+    older = {k: v for k, v in PRESETS["paper"].to_dict().items() if k != "image_residual"}
+    assert MEGANConfig.from_dict(older) == PRESETS["paper"]
+    with pytest.raises(StvsrError, match="image_residual must be 0 or 1"):
+        MEGANConfig(image_residual=2)

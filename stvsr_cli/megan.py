@@ -336,11 +336,6 @@ class MEGAN(nn.Module):
         self.reconstruction = ProgressiveFusionReconstruction(
             c, frames, config.fusion_blocks, config.residual_blocks
         )
-        if config.image_residual:
-            # Start exactly at the baseline: the last convolution outputs zeros.
-            last = self.reconstruction.upsample[-1]
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
 
     def forward(self, frames: Tensor) -> Tensor:
         self._check_input(frames)
@@ -362,7 +357,12 @@ class MEGAN(nn.Module):
         eval --baselines` scores as "bicubic + blend". Not in the paper: a
         network with `image_residual` learns only what this misses, which
         takes far fewer training steps than learning whole frames (the
-        `small` preset is meant to be trainable on a CPU).
+        `small` preset is meant to be trainable on a CPU). The last
+        convolution keeps its ordinary random start, so an untrained network
+        is the baseline plus faint noise: started at zero, it left every
+        layer before it with almost no gradient, and after 100 training steps
+        its correction was still 4e-5 (standard deviation) and validation
+        PSNR had not moved.
         """
         b, n1, c, h, w = frames.shape
         enlarged = F.interpolate(frames.flatten(0, 1), scale_factor=self.scale, mode="bicubic", align_corners=False)

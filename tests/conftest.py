@@ -16,15 +16,11 @@ def tiny_model() -> MEGAN:
 
 def perturb_zero_initialised(model: torch.nn.Module, scale: float = 0.01) -> None:
     """Give the layers that start at zero (deformable offset/mask heads, the
-    non-local W_z, the last convolution of an image_residual network) small
-    random weights, as after some training: sampling positions really move
-    and gradients reach the layers behind them."""
-    from stvsr_cli import MEGAN
+    non-local W_z) small random weights, as after some training: sampling
+    positions really move and gradients reach the layers behind them."""
     from stvsr_cli.layers import ModulatedDeformConv, NonLocalBlock
 
     for module in model.modules():
-        if isinstance(module, MEGAN) and module.config.image_residual:
-            torch.nn.init.normal_(module.reconstruction.upsample[-1].weight, std=scale)
         if isinstance(module, ModulatedDeformConv):
             torch.nn.init.normal_(module.offset_mask.weight, std=scale)
             torch.nn.init.normal_(module.offset_mask.bias, std=scale * 10)

@@ -160,17 +160,20 @@ def test_config_round_trips_through_a_dict():
 RESIDUAL = MEGANConfig(**{**PRESETS["tiny"].to_dict(), "image_residual": 1})
 
 
-def test_image_residual_starts_at_bicubic_plus_blend():
-    """With image_residual the untrained network is exactly the baseline: inputs
-    enlarged with bicubic at the even indices, neighbours' means between them."""
+def test_image_residual_adds_bicubic_plus_blend_to_the_reconstruction():
+    """The baseline: inputs enlarged with bicubic at the even indices, neighbours'
+    means between them; with image_residual the network's output is added to it."""
     model = MEGAN(RESIDUAL).eval()
     frames = torch.rand(2, 4, 3, 8, 12)
-    with torch.inference_mode():
-        out = model(frames)
     enlarged = torch.nn.functional.interpolate(frames.flatten(0, 1), scale_factor=4, mode="bicubic")
     enlarged = enlarged.view(2, 4, 3, 32, 48)
-    assert torch.equal(out[:, 0::2], enlarged)
-    assert torch.allclose(out[:, 1::2], (enlarged[:, :-1] + enlarged[:, 1:]) / 2)
+    baseline = model.baseline(frames)
+    assert torch.equal(baseline[:, 0::2], enlarged)
+    assert torch.allclose(baseline[:, 1::2], (enlarged[:, :-1] + enlarged[:, 1:]) / 2)
+    plain = MEGAN(PRESETS["tiny"]).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        assert torch.allclose(model(frames), plain(frames) + baseline, atol=1e-6)
 
 
 def test_image_residual_trains_every_parameter():

@@ -184,8 +184,8 @@ class EvalReport:
         return Scores.mean([clip.scores(row, kind) for clip in self.clips if group is None or clip.group == group])
 
     def to_dict(self) -> dict:
-        """Every number, per frame too. PSNR of identical frames is inf,
-        written as `Infinity` (Python's json reads it back)."""
+        """Every number, per frame too. PSNR of identical frames is inf
+        here; `write_json` writes it as null."""
 
         def means(select: Callable[[str, str], Scores]) -> dict:
             return {row: {kind: dataclasses.asdict(select(row, kind)) for kind in KINDS} for row in self.rows}
@@ -450,8 +450,20 @@ def check_output_file(path: str | os.PathLike, option: str) -> None:
 
 
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:
-    text = json.dumps(report.to_dict(), indent=1) + "\n"
+    """The report as strict JSON: an infinite PSNR (a frame identical to its
+    ground truth) is written as null, since JSON has no infinity."""
+    text = json.dumps(_finite_or_null(report.to_dict()), indent=1, allow_nan=False) + "\n"
     write_atomically(path, lambda temporary: temporary.write_text(text))
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 PLOT_CLIPS = 12  # more clips than this (Vimeo-90K) are plotted as one mean curve

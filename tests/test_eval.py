@@ -20,7 +20,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from stvsr_cli import MEGAN, PRESETS, StvsrError, Upscaler, metrics, save_weights
 from stvsr_cli.cli import main
-from stvsr_cli.evaluate import BLEND, MODEL, REPEAT, EvalOptions, find_clips, score_clips
+from stvsr_cli.evaluate import BLEND, MODEL, REPEAT, EvalOptions, find_clips, score_clips, write_json
 from stvsr_cli.frames import make_lr
 from videos import pattern
 
@@ -85,6 +85,10 @@ def test_a_known_error_gives_the_known_psnr_and_bicubic_is_exact_on_a_flat_clip(
     assert [f.index for f in report.clips[0].frames[MODEL]] == list(range(7))
     for row in (BLEND, REPEAT):  # bicubic reproduces a flat picture exactly
         assert report.mean(row).psnr_y == math.inf and report.mean(row).ssim_y == pytest.approx(1)
+    # JSON has no infinity: a strict parser reads the file, with null for it.
+    write_json(report, tmp_path / "r.json")
+    strict = json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert strict["mean"][BLEND]["all"]["psnr_y"] is None and strict["mean"][MODEL]["all"]["psnr_y"] > 0
 
 
 def test_outputs_land_on_the_gt_frame_of_their_time(tmp_path):

@@ -13,6 +13,7 @@ from stvsr_cli import MEGAN, PRESETS, save_weights
 from stvsr_cli.cli import main
 from stvsr_cli.inference import Upscaler
 from stvsr_cli.upscale import UpscaleOptions, upscale_video
+from stvsr_cli.weights import default_weights_path, weights_metadata
 from videos import make_video, read_video, stream_durations
 
 from conftest import perturb_zero_initialised
@@ -126,9 +127,22 @@ def test_the_library_call_reports_what_it_did(tmp_path, weights):
     assert seen[-1] == (10, 10)
 
 
-def test_the_shipped_weights_run_and_say_they_are_a_placeholder(tmp_path):
+def test_the_shipped_weights_are_trained_small_weights_and_run(tmp_path):
+    metadata = weights_metadata(default_weights_path())
+    assert (metadata["preset"], metadata["trained"]) == ("small", "yes")
     source = make_video(tmp_path / "in.mp4", frames=2)
     result = CliRunner().invoke(main, ["upscale", str(source), str(tmp_path / "out.mp4"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "placeholder" not in result.output
+
+
+def test_untrained_weights_say_they_are_a_placeholder(tmp_path):
+    weights = tmp_path / "untrained.safetensors"
+    save_weights(MEGAN(PRESETS["tiny"]), weights, trained=False)
+    source = make_video(tmp_path / "in.mp4", frames=2)
+    result = CliRunner().invoke(
+        main, ["upscale", str(source), str(tmp_path / "out.mp4"), "--device", "cpu", "--weights", str(weights)]
+    )
     assert result.exit_code == 0, result.output
     assert "untrained placeholder" in result.output
 

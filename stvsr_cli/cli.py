@@ -391,6 +391,9 @@ class _FrameProgress:
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Network size of a new run.  [default: paper]")
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--motion-prior", type=click.Choice(["flow", "none"]),
+              help="Give the network (the preset's, or --init's) an optical-flow motion prior, or take it away.  "
+                   "[default: as the preset or --init has it]")
 @click.option("--iters", type=int, default=20_000, show_default=True, help="Training steps.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Samples a step, over all processes.")
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate at the start.")

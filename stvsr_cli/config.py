@@ -33,6 +33,12 @@ class MEGANConfig:
     # 1: the output is a correction added to the bicubic + blend baseline (see
     # MEGAN.baseline); 0, the paper's network, has no such image-space path.
     image_residual: int = 0
+    # 1: a classical optical flow between neighbouring inputs (stvsr_cli.motion)
+    # starts the deformable offsets that build each in-between feature and, with
+    # image_residual, makes each in-between frame's base a flow-warped blend of
+    # its reconstructed neighbours (see MEGAN.add_image_base). 0, the paper's
+    # network, has no motion prior.
+    motion_prior: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -46,8 +52,9 @@ class MEGANConfig:
             problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
         if not 1 <= self.memory_size <= self.output_frames:
             problems.append(f"memory_size must be between 1 and {self.output_frames} (got {self.memory_size})")
-        if self.image_residual not in (0, 1):
-            problems.append(f"image_residual must be 0 or 1 (got {self.image_residual})")
+        for name in ("image_residual", "motion_prior"):
+            if getattr(self, name) not in (0, 1):
+                problems.append(f"{name} must be 0 or 1 (got {getattr(self, name)})")
         if self.attention_window < 1:
             problems.append(f"attention_window must be positive (got {self.attention_window})")
         for name in ("nonlocal_blocks", "graph_layers", "fusion_blocks", "residual_blocks"):

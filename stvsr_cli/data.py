@@ -9,7 +9,10 @@ Every DATA argument of `stvsr train` is one *source*, detected by its layout
 - a video file, or a folder of them, decoded with PyAV (imported only here,
   so the rest of stvsr trains on frame folders without it);
 - a folder of still photographs, each turned into a 7-frame clip by a
-  synthetic camera move.
+  synthetic camera move;
+- the same photographs as scenes with objects moving fast over a moving
+  background (`objects:FOLDER`, never detected: it is named): local motion,
+  occlusion and uncovering, which real clips of a few shots have too little of.
 
 Where detection guesses wrong, `KIND:PATH` names the layout (`vimeo:`,
 `clips:`, `videos:`, `stills:`).
@@ -51,7 +54,7 @@ if TYPE_CHECKING:  # decode imports PyAV, which training on frame folders must n
 
 WINDOW = 7  # HR frames per sample: 2n + 1 for MEGAN's n + 1 = 4 inputs
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m"})
-KINDS = ("vimeo", "clips", "videos", "stills")
+KINDS = ("vimeo", "clips", "videos", "stills", "objects")
 DRAWS = 20  # windows drawn for one sample before giving up on scene cuts
 
 
@@ -224,6 +227,98 @@ class StillSource(Source):
         return _to_uint8(camera_move(photo, side, torch.Generator().manual_seed(key)))
 
 
+class ObjectSource(Source):
+    """Photographs as scenes of objects moving over a moving background.
+
+    Scene i: photo i mod n is the background, under a camera move as in
+    `StillSource`; over it move 1 or 2 objects, each an elliptical cut-out
+    of another photo (drawn at random) 1/5 to 1/2 of the crop across, along
+    a path with constant acceleration at up to `max_speed` HR pixels a frame,
+    so they cover and uncover the background and each other. Their edges are
+    soft over about a pixel and a half, as a camera's are. Each photo is
+    the background of `scenes_per_photo` scenes, so this source weighs that
+    many times as much as `stills` of the same folder.
+    """
+
+    kind = "objects"
+    scenes_per_photo = 8
+    max_speed = 16.0  # HR pixels per frame: up to 8 LR pixels between two inputs
+    max_acceleration = 2.0  # HR pixels per frame squared
+    max_objects = 2
+
+    def __init__(self, path: Path, images: list[Path], size: int) -> None:
+        if len(images) < 2:
+            raise StvsrError(f"{path}: objects: needs at least 2 photos (a background and an object)")
+        self.path = path
+        self.images = images
+        for image_path in images:
+            with Image.open(image_path) as image:
+                _check_size(image_path, image.width, image.height, size)
+
+    def __len__(self) -> int:
+        return len(self.images) * self.scenes_per_photo
+
+    def describe(self) -> str:
+        return f"{self.path} (objects, {len(self.images):,} photos as {len(self):,} scenes with moving objects)"
+
+    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        background = index % len(self.images)
+        frames = camera_move(read_frame(self.images[background]).float().div(255), size, rng)
+        count = 1 + int(torch.randint(self.max_objects, (1,), generator=rng))
+        for _ in range(count):
+            other = (background + 1 + int(torch.randint(len(self.images) - 1, (1,), generator=rng))) % len(self.images)
+            frames = _add_moving_object(frames, read_frame(self.images[other]).float().div(255), rng)
+        return quantize(frames)
+
+    def validation_keys(self) -> list[int]:
+        return list(range(len(self.images)))
+
+    def validation_window(self, key: int, size: int) -> Tensor | None:
+        photo = read_frame(self.images[key])
+        side = min(size, *photo.shape[-2:]) // SCALE * SCALE
+        return _to_uint8(self.window(key, side, torch.Generator().manual_seed(key)))
+
+
+def _add_moving_object(frames: Tensor, photo: Tensor, rng: torch.Generator) -> Tensor:
+    """(7, 3, S, S) with an elliptical cut-out of `photo` moving over it (see `ObjectSource`)."""
+    size = frames.shape[-1]
+    side = max(8, round(size * _uniform(rng, 0.2, 0.5)))
+    shrink = max(_uniform(rng, 0.5, 1.0), side / min(photo.shape[-2:]))
+    if shrink < 1:
+        height, width = (round(n * shrink) for n in photo.shape[-2:])
+        photo = F.interpolate(photo[None], size=(height, width), mode="bicubic", antialias=True)[0].clamp(0, 1)
+    patch = _random_crop(photo, side, rng)  # (3, side, side)
+
+    # An ellipse with random axes and angle, its edge a ramp about 1.5 pixels wide.
+    centre = (side - 1) / 2
+    ys, xs = torch.meshgrid(torch.arange(side) - centre, torch.arange(side) - centre, indexing="ij")
+    angle = _uniform(rng, 0, math.pi)
+    u = xs * math.cos(angle) + ys * math.sin(angle)
+    v = -xs * math.sin(angle) + ys * math.cos(angle)
+    axes = [_uniform(rng, 0.3, 0.5) * side for _ in range(2)]
+    radius = torch.sqrt((u / axes[0]) ** 2 + (v / axes[1]) ** 2)  # 1 on the edge
+    alpha = ((1 - radius) * min(axes) / 1.5 + 0.5).clamp(0, 1)
+    layer = torch.cat([patch * alpha, alpha[None]])  # (4, side, side), colour premultiplied by alpha
+
+    t = torch.arange(WINDOW, dtype=torch.float64) - WINDOW // 2
+    speed = _uniform(rng, 0.25, 1.0) * ObjectSource.max_speed
+    heading = _uniform(rng, 0, 2 * math.pi)
+    velocity = (speed * math.cos(heading), speed * math.sin(heading))
+    acceleration = [_uniform(rng, -ObjectSource.max_acceleration, ObjectSource.max_acceleration) for _ in range(2)]
+    start = [_uniform(rng, 0, size - 1) for _ in range(2)]  # the centre at the middle frame, x and y
+    path = torch.stack([p + v * t + a * t * t / 2 for p, v, a in zip(start, velocity, acceleration)], dim=1)
+
+    # Frame pixel X shows layer pixel X - (path - centre); grid_sample wants that in [-1, 1] over the layer.
+    pixels = torch.arange(size, dtype=torch.float64)
+    gx = (pixels.view(1, 1, size) - path[:, 0].view(WINDOW, 1, 1) + centre) * (2 / (side - 1)) - 1
+    gy = (pixels.view(1, size, 1) - path[:, 1].view(WINDOW, 1, 1) + centre) * (2 / (side - 1)) - 1
+    grid = torch.stack([gx.expand(WINDOW, size, size), gy.expand(WINDOW, size, size)], dim=-1).float()
+    placed = F.grid_sample(layer.expand(WINDOW, -1, -1, -1), grid, mode="bicubic", padding_mode="zeros",
+                           align_corners=True)
+    colour, cover = placed[:, :3], placed[:, 3:].clamp(0, 1)
+    return (frames * (1 - cover) + colour).clamp(0, 1)
+
+
 def camera_move(photo: Tensor, size: int, rng: torch.Generator) -> Tensor:
     """(3, H, W) in [0, 1] -> (7, 3, size, size): a smooth random camera move over the photo."""
     shortest = min(photo.shape[-2:])
@@ -300,6 +395,8 @@ def open_source(spec: str | Path, size: int, *, validation: bool = False) -> Sou
     images = list_frames(path)
     if not images:
         raise StvsrError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    if kind == "objects":
+        return ObjectSource(path, images, size)
     return StillSource(path, images, size)
 
 

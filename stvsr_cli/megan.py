@@ -16,7 +16,13 @@ The blocks below appear in the order data flows through them (paper sec. 3):
       -> LongRangeMemoryGraphAggregation      sec. 3.3, eqs. 12-13
       -> ProgressiveFusionReconstruction      sec. 3.4
     frames (B, 2n+1, 3, 4H, 4W)
-      (+ the bicubic + blend baseline, only where config.image_residual is 1)
+      (+ an image-space base, only where config.image_residual is 1)
+
+Not in the paper, and off in the `paper` preset: `config.motion_prior`, a
+classical optical flow between neighbouring inputs (`stvsr_cli.motion`),
+which starts the deformable offsets of the frame feature interpolation and
+makes the image-space base of each in-between frame a flow-warped blend
+(`MEGAN.add_image_base`).
 
 This file only builds the network; weights are loaded by `stvsr_cli.weights`
 and the inference contract (range, padding, device, precision) is owned by
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import motion
 from .config import MEGANConfig
 from .layers import (
     LEAKY_SLOPE,
@@ -89,11 +96,16 @@ class DeformableFeatureBlend(nn.Module):
         self.align_b = PCDAlignment(channels, groups)  # g_b and DConv: b sampled towards a
         self.blend = nn.Conv2d(2 * channels, channels, 1)  # [C_a, C_b]
 
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        """Two (N, C, H, W) features, H and W multiples of 4 -> (N, C, H, W)."""
+    def forward(self, a: Tensor, b: Tensor, flow_a: Tensor | None = None, flow_b: Tensor | None = None) -> Tensor:
+        """Two (N, C, H, W) features, H and W multiples of 4 -> (N, C, H, W).
+
+        `flow_a` and `flow_b` (N, 2, H, W), when given, say where each
+        output pixel's content lies in a and in b; the offsets are learned
+        as residuals over them (the motion prior).
+        """
         pyramid_a, pyramid_b = self.pyramid(a), self.pyramid(b)
-        sampled_a = self.align_a(pyramid_a, pyramid_b)  # eqs. 4-5
-        sampled_b = self.align_b(pyramid_b, pyramid_a)
+        sampled_a = self.align_a(pyramid_a, pyramid_b, flow_a)  # eqs. 4-5
+        sampled_b = self.align_b(pyramid_b, pyramid_a, flow_b)
         return self.blend(torch.cat([sampled_a, sampled_b], dim=1))  # eq. 6
 
 
@@ -108,13 +120,21 @@ class FrameFeatureInterpolation(nn.Module):
         super().__init__()
         self.interpolate = DeformableFeatureBlend(channels, groups)
 
-    def forward(self, features: Tensor) -> Tensor:
-        """(B, n+1, C, H, W) -> (B, 2n+1, C, H, W), inputs at the even indices."""
+    def forward(self, features: Tensor, flows: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(B, n+1, C, H, W) -> (B, 2n+1, C, H, W), inputs at the even indices.
+
+        `flows`, the motion prior's (forward, backward) flows between
+        neighbouring inputs, (B, n, 2, H, W) each, start the sampling of each
+        pair at the places their content holds halfway between them.
+        """
         b, n1, c, h, w = features.shape
         # all n neighbouring pairs in one batch: (B * n, C, H, W) each
         earlier = features[:, :-1].flatten(0, 1)
         later = features[:, 1:].flatten(0, 1)
-        between = self.interpolate(earlier, later).view(b, n1 - 1, c, h, w)
+        to_earlier = to_later = None
+        if flows is not None:
+            to_earlier, to_later = motion.flows_to_time(*(f.flatten(0, 1) for f in flows))  # (B * n, 2, H, W)
+        between = self.interpolate(earlier, later, to_earlier, to_later).view(b, n1 - 1, c, h, w)
         interleaved = torch.stack([features[:, :-1], between], dim=2).flatten(1, 2)  # (B, 2n, C, H, W)
         return torch.cat([interleaved, features[:, -1:]], dim=1)
 
@@ -340,14 +360,36 @@ class MEGAN(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         self._check_input(frames)
         b, n1, _, h, w = frames.shape
+        flows = motion.pair_flows(frames) if self.config.motion_prior else None  # (B, n, 2, H, W) twice
         features = self.attention(frames.flatten(0, 1)).view(b, n1, -1, h, w)  # (B, n+1, C, H, W)
-        features = self.interpolation(features)  # (B, 2n+1, C, H, W)
+        features = self.interpolation(features, flows)  # (B, 2n+1, C, H, W)
         features = self.convlstm(features)
         features = self.lmga(features)
         output = self.reconstruction(features)  # (B, 2n+1, 3, 4H, 4W)
         if self.config.image_residual:
-            output = output + self.baseline(frames)
+            output = self.add_image_base(output, frames, flows)
         return output
+
+    def add_image_base(self, residual: Tensor, frames: Tensor, flows: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The output of a network with `image_residual`: (B, 2n+1, 3, 4H, 4W).
+
+        Without a motion prior the base is `baseline` (bicubic + blend).
+        With one, the frames at the inputs' times are the same (bicubic plus
+        the network's correction), and each in-between frame's base is
+        `motion.interpolate` of those two *reconstructed* neighbours, with
+        the LR flows enlarged 4x: a flow-warped, occlusion-aware blend that
+        gets the reconstruction's detail, where a plain blend doubles
+        everything that moves. The network's correction is added on top.
+        """
+        if flows is None:
+            return residual + self.baseline(frames)
+        b, n1, c, h, w = frames.shape
+        enlarged = self._enlarge(frames)
+        at_inputs = residual[:, 0::2] + enlarged  # (B, n+1, 3, 4H, 4W)
+        forward, backward = (f.flatten(0, 1) for f in flows)
+        between = motion.interpolate(at_inputs[:, :-1].flatten(0, 1), at_inputs[:, 1:].flatten(0, 1), forward,
+                                     backward).view(b, n1 - 1, c, self.scale * h, self.scale * w)
+        return _interleave(at_inputs, residual[:, 1::2] + between)
 
     def baseline(self, frames: Tensor) -> Tensor:
         """Bicubic + blend: (B, n+1, 3, H, W) -> (B, 2n+1, 3, 4H, 4W).
@@ -364,13 +406,14 @@ class MEGAN(nn.Module):
         its correction was still 4e-5 (standard deviation) and validation
         PSNR had not moved.
         """
+        enlarged = self._enlarge(frames)
+        return _interleave(enlarged, (enlarged[:, :-1] + enlarged[:, 1:]) / 2)
+
+    def _enlarge(self, frames: Tensor) -> Tensor:
+        """(B, n+1, 3, H, W) -> (B, n+1, 3, 4H, 4W), bicubic."""
         b, n1, c, h, w = frames.shape
         enlarged = F.interpolate(frames.flatten(0, 1), scale_factor=self.scale, mode="bicubic", align_corners=False)
-        enlarged = enlarged.view(b, n1, c, self.scale * h, self.scale * w)
-        between = (enlarged[:, :-1] + enlarged[:, 1:]) / 2  # (B, n, 3, 4H, 4W)
-        # Interleave: input 0, between 0, input 1, ..., input n.
-        woven = torch.stack([enlarged[:, :-1], between], dim=2).flatten(1, 2)
-        return torch.cat([woven, enlarged[:, -1:]], dim=1)
+        return enlarged.view(b, n1, c, self.scale * h, self.scale * w)
 
     def _check_input(self, frames: Tensor) -> None:
         expected = f"(B, {self.config.input_frames}, 3, H, W) with H and W multiples of {self.size_multiple}"
@@ -388,3 +431,9 @@ class MEGAN(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per stage of the network, in data-flow order."""
         return {name: sum(p.numel() for p in child.parameters()) for name, child in self.named_children()}
+
+
+def _interleave(at_inputs: Tensor, between: Tensor) -> Tensor:
+    """(B, n+1, ...) and (B, n, ...) -> (B, 2n+1, ...): input 0, between 0, input 1, ..., input n."""
+    woven = torch.stack([at_inputs[:, :-1], between], dim=2).flatten(1, 2)
+    return torch.cat([woven, at_inputs[:, -1:]], dim=1)

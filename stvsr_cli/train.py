@@ -65,7 +65,8 @@ from .weights import clean_state_dict, load_state_strict, read_weights, save_wei
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
 # What makes one run the same run: --resume refuses to continue with different values.
-RECIPE = ("preset", "init", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
+RECIPE = ("preset", "init", "motion_prior", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
+MOTION_PRIORS = {"none": 0, "flow": 1}  # --motion-prior: MEGANConfig.motion_prior
 
 
 @dataclass
@@ -76,6 +77,9 @@ class TrainOptions:
     out: Path  # the run folder
     preset: str | None = None  # network size for a new run; "paper" unless `init` gives one
     init: Path | None = None  # start from these weights (a weights file or a checkpoint)
+    # "flow" or "none": set MEGANConfig.motion_prior of the preset or of the `init` weights (it adds no
+    # parameters, so weights trained without the prior can be fine-tuned with it); None keeps it
+    motion_prior: str | None = None
     resume: bool = False  # continue from out/checkpoint.pt
     iters: int = 20_000
     batch: int = 16
@@ -110,6 +114,8 @@ class TrainOptions:
             problems.append("--workers must not be negative")
         if self.preset is not None and self.init is not None:
             problems.append("--init's weights define the network; drop --preset")
+        if self.motion_prior is not None and self.motion_prior not in MOTION_PRIORS:
+            problems.append(f"--motion-prior must be one of {', '.join(MOTION_PRIORS)} (got {self.motion_prior!r})")
         if problems:
             raise StvsrError("; ".join(problems))
 
@@ -170,6 +176,8 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
         config, state = read_weights(options.init)
     else:
         config = MEGANConfig.preset(options.preset or "paper")
+    if checkpoint is None and options.motion_prior is not None:
+        config = dataclasses.replace(config, motion_prior=MOTION_PRIORS[options.motion_prior])
     torch.manual_seed(options.seed)
     model = MEGAN(config)
     if state is not None:
@@ -412,8 +420,9 @@ def _open_run(run_dir: Path, options: TrainOptions) -> dict | None:
         raise StvsrError(f"--resume: {path} does not exist; start the run without --resume")
     checkpoint = load_checkpoint(path)
     saved, given = checkpoint["recipe"], options.recipe()
-    changed = [
-        f"--{name.replace('_', '-')} {saved[name]} (not {given[name]})" for name in RECIPE if saved[name] != given[name]
+    changed = [  # .get: checkpoints of older versions lack newer recipe fields
+        f"--{name.replace('_', '-')} {saved.get(name)} (not {given[name]})" for name in RECIPE
+        if saved.get(name) != given[name]
     ]
     if changed:
         raise StvsrError(

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..motion import resize_flow
 from .common import LEAKY_SLOPE, conv3x3, leaky_relu
 from .deform_cpu import deform_conv2d
 
@@ -31,9 +32,20 @@ class ModulatedDeformConv(nn.Module):
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
 
-    def forward(self, x: Tensor, offset_feature: Tensor) -> Tensor:
+    def forward(self, x: Tensor, offset_feature: Tensor, flow: Tensor | None = None) -> Tensor:
+        """x (N, C, H, W) sampled with offsets from `offset_feature` (N, C', H, W),
+        plus `flow` (N, 2, H, W; x then y, in pixels) when given: the learned
+        offsets are then a residual over the flow (flow-guided deformable
+        alignment, as in BasicVSR++), so zero-started offset heads sample x
+        where the flow says its content is."""
         # (N, 27 G, H, W) -> offsets (N, 18 G, H, W) and masks (N, 9 G, H, W)
         offset, mask = self.offset_mask(offset_feature).split([18 * self.groups, 9 * self.groups], dim=1)
+        if flow is not None:
+            # offsets are (dy, dx) per group and tap: add the flow, turned to (y, x), to every one of them
+            n, _, h, w = offset.shape
+            offset = (offset.view(n, 9 * self.groups, 2, h, w) + flow.flip(1).unsqueeze(1).to(offset.dtype)).view(
+                n, 18 * self.groups, h, w
+            )
         # Sampling runs in fp32 even under autocast: reduced-precision offsets
         # misplace samples on large maps, and torchvision has no bf16 kernel.
         with torch.autocast(x.device.type, enabled=False):
@@ -88,6 +100,7 @@ class _PCDLevel(nn.Module):
         reference: Tensor,
         coarser: tuple[Tensor, Tensor] | None,
         activate: bool,
+        flow: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Returns (aligned source, offset feature) at this level."""
         offset = leaky_relu(self.offset_in(torch.cat([source, reference], dim=1)), inplace=True)
@@ -98,7 +111,7 @@ class _PCDLevel(nn.Module):
             offset = leaky_relu(self.offset_cascade(torch.cat([offset, up_offset], dim=1)), inplace=True)
         offset = leaky_relu(self.offset_out(offset), inplace=True)
 
-        aligned = self.deform(source, offset)
+        aligned = self.deform(source, offset, flow)
         if coarser is None:
             return leaky_relu(aligned, inplace=True), offset
         up_aligned = F.interpolate(coarse_aligned, scale_factor=2, mode="bilinear", align_corners=False)
@@ -124,10 +137,17 @@ class PCDAlignment(nn.Module):
             _PCDLevel(channels, groups, coarsest=i == PYRAMID_LEVELS - 1) for i in range(PYRAMID_LEVELS)
         )
 
-    def forward(self, source: list[Tensor], reference: list[Tensor]) -> Tensor:
-        """Pyramids of (N, C, H / 2^l, W / 2^l) -> the aligned source (N, C, H, W)."""
+    def forward(self, source: list[Tensor], reference: list[Tensor], flow: Tensor | None = None) -> Tensor:
+        """Pyramids of (N, C, H / 2^l, W / 2^l) -> the aligned source (N, C, H, W).
+
+        `flow` (N, 2, H, W), when given, is where each pixel's content lies
+        in the source: every level's offsets are learned as a residual over
+        it, shrunk to that level's size.
+        """
         coarser = None
         for index in reversed(range(PYRAMID_LEVELS)):
-            aligned, offset = self.levels[index](source[index], reference[index], coarser, activate=index > 0)
+            level_flow = None if flow is None else resize_flow(flow, source[index].shape[-2:])
+            aligned, offset = self.levels[index](source[index], reference[index], coarser, activate=index > 0,
+                                                 flow=level_flow)
             coarser = (offset, aligned)
         return aligned

@@ -35,7 +35,19 @@ from .config import PRESETS, MEGANConfig
 from .errors import StvsrError
 from .megan import MEGAN
 from .encode import EncodeOptions
-from .evaluate import BLEND, MODEL, REPEAT, EvalOptions, EvalReport, check_output_file, evaluate, plot_psnr, write_json
+from .evaluate import (
+    BLEND,
+    FLOW,
+    MCI,
+    MODEL,
+    REPEAT,
+    EvalOptions,
+    EvalReport,
+    check_output_file,
+    evaluate,
+    plot_psnr,
+    write_json,
+)
 from .tiling import DEFAULT_TILE
 from .upscale import UpscaleOptions, upscale_video
 from .weights import load_model, weights_metadata, write_atomically
@@ -231,7 +243,9 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
 @click.option("--list", "lists", multiple=True, metavar="FILE",
               help="Vimeo-90K list file in DATA to score; repeat for several (fast, medium, slow). "
                    "[default: sep_testlist.txt]")
-@click.option("--baselines", is_flag=True, help="Add the bicubic + blend and bicubic + repeat rows.")
+@click.option("--baselines", is_flag=True,
+              help="Add rows without a network: bicubic x4 with in-between frames blended, repeated, "
+                   "interpolated by ffmpeg's minterpolate (mci) or flow-warped.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every number, per frame too, to this JSON file.")
 @click.option("--save", type=click.Path(file_okay=False, path_type=Path),
@@ -246,8 +260,9 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
 
     DATA is a folder of clips in the Vid4 layout (DATA/<clip>/GT/*.png, with
     DATA/<clip>/LR/*.png used when present, otherwise the inputs are made
-    from GT), a folder of clip folders holding their frames directly, or a
-    Vimeo-90K septuplet root. The inputs are GT frames 1, 3, 5, ... (counting
+    from GT), a folder of clip folders holding their frames directly, a
+    Vimeo-90K septuplet root, or a video file (its frames are the GT; the
+    summary then says what a full upscale of it would cost here). The inputs are GT frames 1, 3, 5, ... (counting
     from 1) shrunk 4x; every GT frame up to the last input is predicted
     through the same windows and stitching as `stvsr upscale`, and scored: all
     of a clip of 2n+1 GT frames, the first 2n-1 of a clip of 2n (its last
@@ -258,6 +273,7 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
     \b
     Examples:
       stvsr eval data/vid4 --baselines
+      stvsr eval my_clip.mp4 --baselines
       stvsr eval data/vid4 --weights run/best.safetensors --json vid4.json --plot vid4.png --save out/
       stvsr eval vimeo_septuplet --list fast_testset.txt --list slow_testset.txt --device cuda
     """
@@ -282,6 +298,27 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
         out.print(f"Scored {frames} frames of {len(report.clips)} clip{'s' * (len(report.clips) != 1)} "
                   f"in {report.seconds:.1f} s" + (f"; wrote {', '.join(written)}" if written else "") + ".",
                   highlight=False, soft_wrap=True)
+        for clip in report.clips:
+            if clip.video is not None:
+                (width, height), frames = clip.video_size, clip.gt_frames
+                out.print(f"A full upscale of {Path(clip.video).name} ({width}x{height} to {4 * width}x{4 * height}, "
+                          f"{frames} frames to {2 * frames}) would take about {_duration(clip.upscale_estimate())} "
+                          f"on {report.device} with these weights and options (the network's time here, scaled "
+                          "by area; decoding and encoding not counted).", highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    """'45 s', '12 min', '3 h 05 min', '2 days 4 h': as precise as an estimate deserves."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} days {hours} h"
 
 
 _TABLE_CLIPS = 20  # more clips than this (Vimeo-90K) show only the means; --json has them all
@@ -320,7 +357,9 @@ def _report_table(report: EvalReport) -> Table:
     if len(report.clips) > 1:  # the mean of one clip would repeat its rows
         add(f"mean of {len(report.clips)} clips", report.mean, style="bold")
     described = {MODEL: "the network", BLEND: "bicubic x4, in-between frames averaged",
-                 REPEAT: "bicubic x4, in-between frames repeated"}
+                 REPEAT: "bicubic x4, in-between frames repeated",
+                 MCI: "bicubic x4, in-between frames by ffmpeg's minterpolate",
+                 FLOW: "bicubic x4, in-between frames flow-warped (DIS optical flow)"}
     table.caption = (
         "clip (scored/GT frames); recon: reconstructed frames (input times), interp: interpolated frames "
         "(between inputs); " + "; ".join(f"{row}: {described[row]}" for row in report.rows)

@@ -12,6 +12,9 @@ Data (`find_clips`):
   septuplet is a clip named by its `xxxxx/yyyy` id, grouped by list file
   (`sep_testlist.txt` by default; the fast/medium/slow splits are just other
   lists, and several may be given, each reported as its own group).
+- A video file: its decoded frames are the GT (PyAV, the colour conversion
+  `stvsr upscale` uses; display rotation is not applied), read one by one,
+  so a user's own footage is scored like a folder without writing frames out.
 
 Frames, counted. The inputs are GT frames 0, 2, 4, ... (0-based), so a clip
 of 2n+1 GT frames has n+1 inputs and every GT frame is predicted; a clip of
@@ -36,9 +39,17 @@ are taken per clip (over all, reconstructed and interpolated frames), then
 over clips, as the field averages Vid4 and Vimeo-90K.
 
 Baselines, on the same frames: each input enlarged 4x with bicubic
-interpolation, the frames between inputs made by averaging the two
-neighbours ("bicubic + blend") or by repeating the previous one
-("bicubic + repeat"). A network that cannot beat them is not worth shipping.
+interpolation, the frames between inputs made by
+
+- "bicubic + blend": averaging the two neighbours;
+- "bicubic + repeat": repeating the previous one;
+- "bicubic + mci": ffmpeg's motion-compensated interpolation
+  (`minterpolate`, `MCI_FILTER`) of the LR inputs, what a user with only
+  ffmpeg would do, run over the whole clip before scoring;
+- "bicubic + flow": the classical motion prior alone (`motion.interpolate`
+  with DIS optical flow) on the LR inputs.
+
+A network that cannot beat them is not worth shipping.
 
 Memory: frames stream from disk. An output frame is scored (and saved) as
 soon as `upscale_frames` yields it, and only a window's worth of LR frames
@@ -48,20 +59,25 @@ and the ground truth frame at hand are held, however long the clip.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
 import os
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
+import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from . import metrics
+from . import metrics, motion
 from .errors import StvsrError
 from .frames import (
     crop_to_multiple,
@@ -83,6 +99,13 @@ log = logging.getLogger("stvsr")
 MODEL = "model"
 BLEND = "bicubic + blend"
 REPEAT = "bicubic + repeat"
+MCI = "bicubic + mci"
+FLOW = "bicubic + flow"
+BASELINES = (BLEND, REPEAT, MCI, FLOW)
+# ffmpeg's motion-compensated frame interpolation at its best settings: overlapped
+# blocks, bidirectional search, variable-size blocks. It doubles the frame rate.
+MCI_FILTER = "minterpolate=fps={fps}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"
+MCI_MIN_SIDE = 32  # minterpolate refuses smaller frames: they are padded (edges repeated) for it
 KINDS = ("all", "reconstructed", "interpolated")
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 DEFAULT_VIMEO_LIST = "sep_testlist.txt"
@@ -99,10 +122,16 @@ class Clip:
     gt: tuple[Path, ...]
     lr: tuple[Path, ...] | None = None  # exactly the inputs; None: made from GT by make_lr
     group: str = ""  # the Vimeo-90K list file (stem) it came from
+    video: Path | None = None  # GT frames decoded from this video instead of read from `gt` (then empty)
+    video_frames: int = 0  # a video's frame count as its header gives it: an estimate until decoded
+
+    @property
+    def gt_frames(self) -> int:
+        return len(self.gt) if self.video is None else self.video_frames
 
     @property
     def inputs(self) -> int:
-        return (len(self.gt) + 1) // 2
+        return (self.gt_frames + 1) // 2
 
     @property
     def scored(self) -> int:
@@ -161,6 +190,22 @@ class ClipResult:
     lr_source: str  # "LR/" or "made from GT"
     size: tuple[int, int]  # scored (width, height), after cropping to a multiple of 4
     frames: dict[str, tuple[FrameScore, ...]]  # row -> one score per scored frame
+    network_seconds: float = 0.0  # spent making the network's frames (inputs, network, stitching)
+    video: str | None = None  # the video file the GT frames came from
+    video_size: tuple[int, int] | None = None  # its (width, height), uncropped
+
+    def upscale_estimate(self, scale: int = 4) -> float:
+        """Seconds a full `stvsr upscale` of the clip's GT frames would take
+        on the device that scored it: the network's time per output frame,
+        measured here on LR inputs of 1/scale the GT's size, times the ratio
+        of the GT's area to those inputs' (the network's cost grows with its
+        input's area, and tiles keep it linear), times the 2 x GT frames an
+        upscale writes. Decoding and encoding are not counted: on a CPU they
+        are a few percent (`stvsr bench`)."""
+        width, height = self.video_size or self.size
+        lr_area = (self.size[0] // scale) * (self.size[1] // scale)
+        per_frame = self.network_seconds / max(len(self.frames[MODEL]), 1)
+        return per_frame * (width * height / lr_area) * 2 * self.gt_frames
 
     def scores(self, row: str = MODEL, kind: str = "all") -> Scores:
         return Scores.mean([f for f in self.frames[row] if kind == "all" or f.kind == kind])
@@ -174,6 +219,7 @@ class EvalReport:
     seconds: float = 0.0
     data: str = ""
     weights: str = ""
+    device: str = ""  # where the network ran
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -194,6 +240,7 @@ class EvalReport:
             "data": self.data,
             "weights": self.weights,
             "seconds": round(self.seconds, 3),
+            "device": self.device,
             "rows": list(self.rows),
             "mean": means(lambda row, kind: self.mean(row, kind)),
             "groups": {group: means(lambda row, kind: self.mean(row, kind, group)) for group in self.groups if group},
@@ -206,6 +253,8 @@ class EvalReport:
                     "scored_frames": len(clip.frames[MODEL]),
                     "lr": clip.lr_source,
                     "size": list(clip.size),
+                    "network_seconds": round(clip.network_seconds, 3),
+                    "upscale_estimate_seconds": None if clip.video is None else round(clip.upscale_estimate(), 1),
                     "mean": means(clip.scores),
                     "frames": {
                         row: [{"index": f.index, "kind": f.kind, **{m: getattr(f, m) for m in METRICS}} for f in scores]
@@ -225,9 +274,15 @@ def find_clips(data: str | os.PathLike, lists: Sequence[str] = ()) -> list[Clip]
     """The clips under `data` (layouts in the module docstring), in natural order."""
     data = Path(data)
     if not data.exists():
-        raise StvsrError(f"{data} does not exist; give a folder of clips (DATA/<clip>/GT/*.png) or a Vimeo-90K root")
+        raise StvsrError(f"{data} does not exist; give a video, a folder of clips (DATA/<clip>/GT/*.png) "
+                         "or a Vimeo-90K root")
     if not data.is_dir():
-        raise StvsrError(f"{data} is not a folder; give a folder of clips (DATA/<clip>/GT/*.png) or a Vimeo-90K root")
+        if lists:
+            raise StvsrError(f"--list names Vimeo-90K list files, but {data} is a file")
+        from .decode import probe  # PyAV, only for videos
+
+        info = probe(data)  # refuses what is not a readable video, in one line
+        return [Clip(name=data.stem, gt=(), video=data, video_frames=info.frame_count or 0)]
     if is_vimeo_root(data):
         return [
             Clip(name="/".join(paths[0].parent.parts[-2:]), gt=tuple(paths), group=Path(name).stem)
@@ -282,14 +337,15 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
     """
     started = time.perf_counter()
     clips = find_clips(data, options.lists)
-    if not any(len(clip.gt) >= MIN_GT_FRAMES for clip in clips):
+    if not any(clip.video is not None or clip.gt_frames >= MIN_GT_FRAMES for clip in clips):
         raise StvsrError(f"no clip in {data} has the {MIN_GT_FRAMES} GT frames an evaluation needs "
                          "(2 inputs and the frame between them)")
     check_run_options(options.tile, options.tile_overlap, options.batch)
     upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
     report = score_clips(clips, upscaler, options, progress)
     weights = options.weights if options.weights is not None else "the shipped default weights"
-    return dataclasses.replace(report, data=str(data), weights=str(weights), seconds=time.perf_counter() - started)
+    return dataclasses.replace(report, data=str(data), weights=str(weights), seconds=time.perf_counter() - started,
+                               device=str(upscaler.device))
 
 
 def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions = EvalOptions(),
@@ -298,14 +354,14 @@ def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions 
     puts the model in eval mode), on `clips`. `options.weights`, `device` and
     `precision` are not used here."""
     started = time.perf_counter()
-    usable = [clip for clip in clips if len(clip.gt) >= MIN_GT_FRAMES]
-    skipped = tuple(clip.name for clip in clips if len(clip.gt) < MIN_GT_FRAMES)
+    usable = [clip for clip in clips if clip.video is not None or clip.gt_frames >= MIN_GT_FRAMES]
+    skipped = tuple(clip.name for clip in clips if clip not in usable)
     for name in skipped:
         log.warning(f"skipped clip {name}: it has fewer than {MIN_GT_FRAMES} GT frames (2 inputs and one between)")
     if not usable:
         raise StvsrError(f"no clip has the {MIN_GT_FRAMES} GT frames an evaluation needs")
-    rows = (MODEL, BLEND, REPEAT) if options.baselines else (MODEL,)
-    total = sum(clip.scored for clip in usable)
+    rows = (MODEL, *BASELINES) if options.baselines else (MODEL,)
+    total = sum(clip.scored for clip in usable) or None  # None: unknown (a video without a frame count)
     done = [0]
 
     def step() -> None:
@@ -325,11 +381,16 @@ class _ClipReader:
         self.clip, self.scale = clip, scale
         self.full = _image_size(clip.gt[0])  # (width, height) of the GT files
         self._read_for_inputs: dict[int, Tensor] = {}  # GT frames read to make inputs, not yet scored
-        width, height = self.full
-        self.size = (width - width % scale, height - height % scale)
-        if min(self.size) < max(MIN_SIZE, scale):
-            raise StvsrError(f"{clip.gt[0]}: frames of {width}x{height} are too small to score; "
-                             f"they need at least {MIN_SIZE}x{MIN_SIZE} pixels")
+        self.size = _scored_size(self.full, scale, clip.gt[0])
+
+    @property
+    def scored(self) -> int | None:
+        """How many GT frames get a prediction."""
+        return self.clip.scored
+
+    @property
+    def gt_frames(self) -> int:
+        return self.clip.gt_frames
 
     def gt(self, index: int) -> Tensor:
         path = self.clip.gt[index]
@@ -366,6 +427,80 @@ class _ClipReader:
                 )
             yield read_frame(path).float().div(255)
 
+    def close(self) -> None:
+        pass
+
+
+class _VideoReader:
+    """A video's decoded frames as the GT of a clip, read in one pass.
+
+    The same interface as `_ClipReader`, for frames that come in order: a
+    frame decoded to make an input, or on the way to one, is held until it
+    is scored (a window's worth at most). The frame count is known once the
+    decoder reaches the end; until then `scored` is None.
+    """
+
+    def __init__(self, clip: Clip, scale: int) -> None:
+        from .decode import decode, probe
+
+        self.clip, self.scale = clip, scale
+        self.info = probe(clip.video)
+        self.full = (self.info.width, self.info.height)
+        self.size = _scored_size(self.full, scale, clip.video)
+        self._frames = decode(self.info)
+        self._held: dict[int, Tensor] = {}
+        self._decoded = 0
+        self._count: int | None = None
+
+    @property
+    def gt_frames(self) -> int:
+        return self._count if self._count is not None else self._decoded
+
+    @property
+    def scored(self) -> int | None:
+        return None if self._count is None else max(2 * ((self._count + 1) // 2) - 1, 0)
+
+    def _decode_to(self, index: int) -> bool:
+        """Decode frames up to `index`, holding them; False if the video ends first."""
+        while self._decoded <= index:
+            if self._count is not None:
+                return False
+            try:
+                array = next(self._frames)  # (H, W, 3) uint8, or uint16 when deep
+            except StopIteration:
+                self._count = self._decoded
+                return False
+            frame = torch.from_numpy(array).permute(2, 0, 1).float() / np.iinfo(array.dtype).max
+            self._held[self._decoded] = crop_to_multiple(frame, self.scale)
+            self._decoded += 1
+        return True
+
+    def gt_to_score(self, index: int) -> Tensor:
+        if not self._decode_to(index):
+            raise StvsrError(f"{self.clip.video}: ended at frame {self._decoded} while frame {index} was needed")
+        return self._held.pop(index)
+
+    def inputs(self) -> Iterator[Tensor]:
+        index = 0
+        while self._decode_to(index):
+            yield make_lr(self._held[index], self.scale)
+            index += 2
+        if self._count < MIN_GT_FRAMES:
+            raise StvsrError(f"{self.clip.video} has {self._count} frame(s); scoring needs at least "
+                             f"{MIN_GT_FRAMES} (2 inputs and the frame between them)")
+
+    def close(self) -> None:
+        self._frames.close()
+
+
+def _scored_size(full: tuple[int, int], scale: int, what: Path) -> tuple[int, int]:
+    width, height = full
+    size = (width - width % scale, height - height % scale)
+    if min(size) < max(MIN_SIZE, scale):
+        raise StvsrError(f"{what}: frames of {width}x{height} are too small to score; "
+                         f"they need at least {MIN_SIZE}x{MIN_SIZE} pixels")
+    return size
+
 
 def _image_size(path: Path) -> tuple[int, int]:
     try:
@@ -375,52 +510,165 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise StvsrError(f"{path}: not a readable image ({error}); remove it or replace it with a PNG or JPEG") from None
 
 
+def _open_reader(clip: Clip, scale: int) -> _ClipReader | _VideoReader:
+    return _VideoReader(clip, scale) if clip.video is not None else _ClipReader(clip, scale)
+
+
 def _score_clip(clip: Clip, upscaler: Upscaler, options: EvalOptions, rows: tuple[str, ...],
                 step: Callable[[], None]) -> ClipResult:
     scale = upscaler.scale
-    reader = _ClipReader(clip, scale)
     save = Path(options.save) / clip.name if options.save is not None else None
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
+    baselines = len(rows) > 1
+    # ffmpeg interpolates the whole clip first, from its own pass over the inputs.
+    mci = _MotionCompensated(clip, scale) if baselines else None
+    reader = _open_reader(clip, scale)
 
-    # Inputs the scoring loop still needs (for the baselines), by index,
-    # enlarged 4x with bicubic; upscale_frames pulls each one just before
-    # the first output that shows its time.
+    # Inputs the scoring loop still needs (for the baselines), by index, as
+    # they are (LR) and enlarged 4x with bicubic; upscale_frames pulls each
+    # one just before the first output that shows its time.
+    lr_inputs: dict[int, Tensor] = {}
     enlarged: dict[int, Tensor] = {}
 
     def inputs() -> Iterator[tuple[Tensor, bool]]:
         for index, frame in enumerate(reader.inputs()):
-            if len(rows) > 1:
+            if baselines:
+                lr_inputs[index] = frame
                 enlarged[index] = _bicubic(frame, scale)
             yield frame, False  # one shot: no scene cuts in an evaluation clip
 
     scores: dict[str, list[FrameScore]] = {row: [] for row in rows}
     predictions = upscale_frames(inputs(), upscaler, tile=options.tile, overlap=options.tile_overlap,
                                  batch=options.batch)
-    for index, prediction in zip(range(clip.scored), predictions):
-        prediction = prediction.float().cpu()
-        gt = reader.gt_to_score(index)
-        scores[MODEL].append(_score(index, prediction, gt))
-        if save is not None:
-            save_frame(prediction, save / f"{index:05d}.png")
-        if len(rows) > 1:
-            before = enlarged[index // 2]
-            after = enlarged[index // 2 + 1] if index % 2 else before
-            scores[BLEND].append(_score(index, (before + after) / 2, gt))
-            scores[REPEAT].append(_score(index, before, gt))
-            for old in [i for i in enlarged if i < index // 2]:
-                del enlarged[old]
-        step()
-    predictions.close()
+    network_seconds = 0.0
+    try:
+        for index in itertools.count():
+            if reader.scored is not None and index >= reader.scored:
+                break
+            started = time.perf_counter()
+            prediction = next(predictions, None)
+            network_seconds += time.perf_counter() - started
+            # a video's frame count is known once its last input was read, which this pull may have done
+            if prediction is None or (reader.scored is not None and index >= reader.scored):
+                break
+            prediction = prediction.float().cpu()
+            gt = reader.gt_to_score(index)
+            scores[MODEL].append(_score(index, prediction, gt))
+            if save is not None:
+                save_frame(prediction, save / f"{index:05d}.png")
+            if baselines:
+                for row, frame in _baseline_frames(index, lr_inputs, enlarged, mci, scale).items():
+                    scores[row].append(_score(index, frame, gt))
+                for old in [i for i in enlarged if i < index // 2]:
+                    del enlarged[old], lr_inputs[old]
+            step()
+    finally:
+        predictions.close()
+        reader.close()
+        if mci is not None:
+            mci.close()
     return ClipResult(
         name=clip.name,
         group=clip.group,
-        gt_frames=len(clip.gt),
-        inputs=clip.inputs,
+        gt_frames=reader.gt_frames,
+        inputs=(reader.gt_frames + 1) // 2,
         lr_source="made from GT" if clip.lr is None else "LR/",
         size=reader.size,
         frames={row: tuple(values) for row, values in scores.items()},
+        network_seconds=network_seconds,
+        video=None if clip.video is None else str(clip.video),
+        video_size=reader.full if clip.video is not None else None,
     )
+
+
+def _baseline_frames(index: int, lr_inputs: dict[int, Tensor], enlarged: dict[int, Tensor],
+                     mci: _MotionCompensated, scale: int) -> dict[str, Tensor]:
+    """Every baseline's prediction of GT frame `index`: at an input's time,
+    the input enlarged; between inputs, each one's own in-between frame."""
+    before = enlarged[index // 2]
+    if index % 2 == 0:
+        return {BLEND: before, REPEAT: before, MCI: before, FLOW: before}
+    k = index // 2
+    pair = torch.stack([lr_inputs[k], lr_inputs[k + 1]])  # (2, 3, h, w)
+    flows = motion.estimate_flow(pair, pair.flip(0))  # 0 -> 1 and 1 -> 0
+    between = motion.interpolate(pair[:1], pair[1:], flows[:1], flows[1:])[0]
+    return {
+        BLEND: (before + enlarged[k + 1]) / 2,
+        REPEAT: before,
+        MCI: _bicubic(mci.between(k), scale),
+        FLOW: _bicubic(between, scale),
+    }
+
+
+class _MotionCompensated:
+    """ffmpeg's minterpolate (`MCI_FILTER`) over a clip's LR inputs.
+
+    Run once, before scoring, from a pass of its own over the inputs (quantised
+    to 8 bits, as ffmpeg takes them); the output frames go to a temporary raw
+    file, read back by index. Input k of the clip is output frame 2k and the
+    frame between inputs k and k + 1 is output 2k + 1: the inputs go in at
+    one rate and come out at twice it. minterpolate drops the frames after
+    the last input's unless more input follows, so the last input is repeated
+    twice at the end.
+    """
+
+    def __init__(self, clip: Clip, scale: int) -> None:
+        from .encode import ffmpeg_exe
+
+        self._folder = tempfile.TemporaryDirectory(prefix="stvsr-mci-")
+        self._path = Path(self._folder.name) / "frames.rgb"
+        reader = _open_reader(clip, scale)
+        process = None
+        try:
+            frames = reader.inputs()
+            first = next(frames)
+            _, self.height, self.width = first.shape
+            pad_h, pad_w = max(MCI_MIN_SIDE - self.height, 0), max(MCI_MIN_SIDE - self.width, 0)
+            command = [
+                ffmpeg_exe(), "-v", "error", "-nostdin", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                "-s", f"{self.width + pad_w}x{self.height + pad_h}", "-r", "25", "-i", "pipe:0",
+                "-vf", MCI_FILTER.format(fps=50), "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", str(self._path),
+            ]
+            errors = tempfile.TemporaryFile()
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=errors)
+
+            def as_bytes(frame: Tensor) -> bytes:
+                if pad_h or pad_w:
+                    frame = F.pad(frame[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+                return frame.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy().tobytes()
+
+            last = as_bytes(first)
+            process.stdin.write(last)
+            for frame in frames:
+                last = as_bytes(frame)
+                process.stdin.write(last)
+            process.stdin.write(last + last)
+            process.stdin.close()
+            if process.wait() != 0:
+                errors.seek(0)
+                message = errors.read().decode(errors="replace").strip().splitlines()
+                raise StvsrError(f"ffmpeg's minterpolate failed on {clip.name}: "
+                                 f"{message[0] if message else f'exit status {process.returncode}'}")
+        except BrokenPipeError:
+            process.wait()
+            raise StvsrError(f"ffmpeg's minterpolate stopped early on {clip.name}") from None
+        finally:
+            reader.close()
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+        padded = (self.height + pad_h, self.width + pad_w, 3)
+        self._frames = np.memmap(self._path, dtype=np.uint8, mode="r").reshape(-1, *padded)
+
+    def between(self, k: int) -> Tensor:
+        """The LR frame between inputs k and k + 1, (3, h, w) in [0, 1]."""
+        frame = torch.from_numpy(np.array(self._frames[2 * k + 1, : self.height, : self.width]))
+        return frame.permute(2, 0, 1).float().div(255)
+
+    def close(self) -> None:
+        self._frames = None
+        self._folder.cleanup()
 
 
 def _bicubic(frame: Tensor, scale: int) -> Tensor:
@@ -489,7 +737,7 @@ def plot_psnr(report: EvalReport, path: str | os.PathLike) -> None:
     columns = min(3, len(panels))
     rows_ = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows_, columns, figsize=(5 * columns, 3.2 * rows_), squeeze=False)
-    styles = {MODEL: ("C0", "-"), BLEND: ("C1", "--"), REPEAT: ("C2", ":")}
+    styles = {MODEL: ("C0", "-"), BLEND: ("C1", "--"), REPEAT: ("C2", ":"), MCI: ("C3", "-."), FLOW: ("C4", "--")}
     for axis, (title, curves) in zip(axes.flat, panels):
         for row, points in curves.items():
             colour, line = styles[row]

@@ -20,9 +20,20 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from stvsr_cli import MEGAN, PRESETS, StvsrError, Upscaler, metrics, save_weights
 from stvsr_cli.cli import main
-from stvsr_cli.evaluate import BLEND, MODEL, REPEAT, EvalOptions, find_clips, score_clips, write_json
+from stvsr_cli.evaluate import (
+    BASELINES,
+    BLEND,
+    FLOW,
+    MCI,
+    MODEL,
+    REPEAT,
+    EvalOptions,
+    find_clips,
+    score_clips,
+    write_json,
+)
 from stvsr_cli.frames import make_lr
-from videos import pattern
+from videos import make_video, pattern
 
 
 def write_clip(folder: Path, frames: list[np.ndarray]) -> Path:
@@ -83,7 +94,7 @@ def test_a_known_error_gives_the_known_psnr_and_bicubic_is_exact_on_a_flat_clip(
     assert scores.psnr_rgb == pytest.approx(20 * math.log10(255 / 10), abs=1e-5)  # frames are float32
     assert scores.psnr_y == pytest.approx(20 * math.log10(255 / y_error), abs=1e-5)
     assert [f.index for f in report.clips[0].frames[MODEL]] == list(range(7))
-    for row in (BLEND, REPEAT):  # bicubic reproduces a flat picture exactly
+    for row in BASELINES:  # bicubic reproduces a flat picture exactly, and so does every way between frames
         assert report.mean(row).psnr_y == math.inf and report.mean(row).ssim_y == pytest.approx(1)
     # JSON has no infinity: a strict parser reads the file, with null for it.
     write_json(report, tmp_path / "r.json")
@@ -111,6 +122,93 @@ def test_blend_beats_repeat_on_a_smoothly_moving_pattern_and_they_agree_on_input
     assert clip.scores(BLEND, "all").ssim_y > clip.scores(REPEAT, "all").ssim_y
     assert clip.scores(BLEND, "reconstructed") == clip.scores(REPEAT, "reconstructed")
     assert clip.scores(BLEND, "reconstructed").psnr_y > 30  # bicubic x4 of a smooth picture is close
+
+
+def fast(count: int, width: int = 96, height: int = 64, step: int = 2) -> list[np.ndarray]:
+    """A smooth random texture moving `step` GT pixels a frame to the right: the
+    inputs are 2 * step / 4 LR pixels apart. (Much faster, and minterpolate
+    takes the jump for a scene change and repeats a frame.)"""
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.random((1, 3, height // 16 + 2, (width + step * count) // 16 + 2))).float()
+    wide = F.interpolate(coarse, scale_factor=16, mode="bicubic", align_corners=False)[0, :, :height]
+    frames = [wide[:, :, step * (count - i) : step * (count - i) + width] for i in range(count)]
+    return [(f.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy() for f in frames]
+
+
+def test_mci_puts_each_input_on_an_even_frame_and_interpolates_every_pair_to_the_last(tmp_path):
+    """minterpolate's frame between inputs k and k + 1 must show GT frame 2k + 1,
+    not 2k or 2k + 2 (a frame off), for every pair: the last pair checks the
+    padding that keeps minterpolate from dropping the end, and the 24x16 LR
+    frames the padding up to the 32 pixels minterpolate needs."""
+    gt = fast(9)
+    write_clip(tmp_path / "clip", gt)
+    from stvsr_cli.evaluate import _MotionCompensated
+
+    lr = [make_lr(torch.from_numpy(frame).permute(2, 0, 1).float() / 255) for frame in gt]
+    interpolated = _MotionCompensated(find_clips(tmp_path)[0], 4)
+    try:
+        for k in range(4):
+            between = interpolated.between(k)
+            assert between.shape == lr[0].shape
+            errors = [(between - lr[index]).abs().mean().item() for index in (2 * k, 2 * k + 1, 2 * k + 2)]
+            assert errors[1] < min(errors[0], errors[2]) / 3, (k, errors)
+    finally:
+        interpolated.close()
+    clip = score(tmp_path, Constant(0), baselines=True).clips[0]
+    assert [f.index for f in clip.frames[MCI]] == list(range(9))
+
+
+def test_motion_baselines_beat_the_blend_on_fast_motion(tmp_path):
+    write_clip(tmp_path / "clip", fast(9, 192, 128, step=4))  # inputs 2 LR pixels apart
+    clip = score(tmp_path, Constant(0), baselines=True).clips[0]
+    blend = clip.scores(BLEND, "interpolated").psnr_y
+    assert clip.scores(FLOW, "interpolated").psnr_y > blend + 3
+    assert clip.scores(MCI, "interpolated").psnr_y > blend + 3
+    for row in (MCI, FLOW):  # at the inputs' times every baseline is the bicubic input
+        assert clip.scores(row, "reconstructed") == clip.scores(BLEND, "reconstructed")
+
+
+# --- a video as DATA ------------------------------------------------------------------------------------
+
+
+def decoded_frames(video: Path) -> list[np.ndarray]:
+    """The frames as `stvsr upscale` decodes them (the file's own colour matrix)."""
+    from stvsr_cli.decode import decode, probe
+
+    return list(decode(probe(video)))
+
+
+@pytest.mark.parametrize("count", [9, 10])
+def test_a_video_scores_as_its_frames_written_as_a_clip(tmp_path, count):
+    """`stvsr eval VIDEO`: the decoded frames are the ground truth, so it
+    scores exactly what a folder of those frames scores; 2n frames lose the last."""
+    video = make_video(tmp_path / "clip.mp4", frames=count, width=48, height=32)
+    write_clip(tmp_path / "frames" / "clip", decoded_frames(video))
+    from_video = score(video, BicubicInTime(), baselines=True)
+    from_folder = score(tmp_path / "frames", BicubicInTime(), baselines=True)
+    (clip,), (reference,) = from_video.clips, from_folder.clips
+    assert (clip.name, clip.gt_frames, clip.inputs, clip.size) == ("clip", count, (count + 1) // 2, (48, 32))
+    assert [f.index for f in clip.frames[MODEL]] == list(range(count - 1 + count % 2))
+    for row in (MODEL, *BASELINES):
+        for ours, theirs in zip(clip.frames[row], reference.frames[row], strict=True):
+            assert ours.psnr_y == pytest.approx(theirs.psnr_y, abs=1e-4), (row, ours.index)
+
+
+def test_the_command_on_a_video_prints_what_a_full_upscale_would_cost(tmp_path, tiny_weights):
+    video = make_video(tmp_path / "mine.mp4", frames=7, width=48, height=32)
+    code, output = run([str(video), "--weights", str(tiny_weights), "--baselines", "--json", str(tmp_path / "r.json")])
+    assert code == 0, output
+    assert "mine (7/7)" in output and MCI in output and FLOW in output
+    assert "A full upscale of mine.mp4 (48x32 to 192x128, 7 frames to 14) would take about" in output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["clips"][0]["upscale_estimate_seconds"] > 0
+
+
+def test_a_file_that_is_not_a_video_gets_one_line(tmp_path, tiny_weights):
+    (tmp_path / "notes.txt").write_text("not a video")
+    assert "notes.txt" in bad([str(tmp_path / "notes.txt")], tiny_weights)
+    short = make_video(tmp_path / "short.mp4", frames=2)
+    assert "needs at least 3" in bad([str(short)], tiny_weights)
 
 
 # --- counting frames ---------------------------------------------------------------------------------
@@ -219,12 +317,12 @@ def test_the_command_writes_table_json_plot_and_frames_that_scikit_image_scores_
                         "--plot", str(tmp_path / "r.png"), "--save", str(tmp_path / "out")])
     assert code == 0, output
     assert "placeholder" not in output  # the shipped weights are trained
-    for text in ("walk (7/8)", "city (5/5)", "mean of 2 clips", BLEND, REPEAT, "Scored 12 frames of 2 clips"):
+    for text in ("walk (7/8)", "city (5/5)", "mean of 2 clips", *BASELINES, "Scored 12 frames of 2 clips"):
         assert text in output
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["rows"] == [MODEL, BLEND, REPEAT]
+    assert report["rows"] == [MODEL, BLEND, REPEAT, MCI, FLOW]
     walk = next(clip for clip in report["clips"] if clip["name"] == "walk")
     assert (walk["gt_frames"], walk["inputs"], walk["scored_frames"], walk["size"]) == (8, 4, 7, [40, 28])
     assert set(report["mean"][MODEL]) == {"all", "reconstructed", "interpolated"}

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import platform
 import resource
 import statistics
@@ -161,6 +162,7 @@ class ModelResult:
     workload: Workload
     precision: str
     tile: int  # LR tile side (0: whole frames), as `upscale --tile`
+    motion_prior: int  # MEGANConfig.motion_prior of the network timed
     window: Timing  # one window of 4 LR frames through `upscale_tiled`
     deform_gflop: float  # the deformable convolutions' part of window.gflop
     conv: Timing  # the reference convolution
@@ -193,6 +195,7 @@ class PipelineResult:
     preset: str
     workload: Workload
     precision: str
+    motion_prior: int
     input_frames: int
     output_frames: int
     windows: int  # network windows the clip needs
@@ -266,6 +269,7 @@ class BenchReport:
                 "output_size": [m.workload.width, m.workload.height],
                 "lr_size": [m.workload.lr_size[1], m.workload.lr_size[0]],
                 "precision": m.precision,
+                "motion_prior": m.motion_prior,
                 "tile": m.tile,
                 "window": timing(m.window),
                 "deform_gflop": m.deform_gflop,
@@ -423,6 +427,7 @@ def bench_model(
         workload=workload,
         precision=str(dtype).removeprefix("torch."),
         tile=tile,
+        motion_prior=upscaler.model.config.motion_prior,
         window=Timing(counts["total"] / 1e9, window_seconds),
         deform_gflop=counts["deform"] / 1e9,
         conv=Timing(conv_gflop, conv_seconds),
@@ -491,6 +496,7 @@ def bench_pipeline(
         preset=preset,
         workload=workload,
         precision=str(upscaler.dtype).removeprefix("torch."),
+        motion_prior=upscaler.model.config.motion_prior,
         input_frames=result.input_frames,
         output_frames=result.output_frames,
         windows=windows_needed(result.input_frames, upscaler.input_frames),
@@ -553,11 +559,14 @@ def run_bench(
     clip_frames: int | None = None,
     tile: int = DEFAULT_TILE,
     peak_tflops: float | None = None,
+    motion_priors: Sequence[str | None] = (None,),
 ) -> BenchReport:
     """Benchmark each preset at each precision on each workload (None: the
     device's defaults): the network alone and, with `end_to_end`, the whole
     upscale path on a clip of `clip_frames` LR frames. With `deform`, also
-    compare the deformable convolutions (on the CPU, where stvsr has its own)."""
+    compare the deformable convolutions (on the CPU, where stvsr has its own).
+    `motion_priors` times each preset with its motion prior as the preset
+    has it (None), taken away ("none") or added ("flow"), to show its cost."""
     if runs < 1:
         raise StvsrError(f"--runs must be at least 1 (got {runs})")
     if clip_frames is not None and clip_frames < 1:
@@ -571,6 +580,9 @@ def run_bench(
     unknown = [p for p in presets if p not in PRESETS]
     if unknown:
         raise StvsrError(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}")
+    priors = {"none": 0, "flow": 1}
+    if any(prior is not None and prior not in priors for prior in motion_priors):
+        raise StvsrError(f"unknown motion prior in {list(motion_priors)}; use {' or '.join(priors)}")
     workloads = workloads or default_workloads(torch_device)
     clip_frames = clip_frames or default_clip_frames(torch_device)
     report = BenchReport(
@@ -580,14 +592,14 @@ def run_bench(
         report = dataclasses.replace(report, deform=bench_deform(torch_device, workloads[0], runs))
     models: list[ModelResult] = []
     pipelines: list[PipelineResult | None] = []
-    for preset in presets:
-        for precision in precisions:
-            upscaler = Upscaler(MEGAN(PRESETS[preset]), device=str(torch_device), precision=precision)
-            for workload in workloads:
-                model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
-                models.append(model)
-                pipelines.append(
-                    bench_pipeline(upscaler, preset, workload, clip_frames, runs, warmup, tile) if end_to_end else None
-                )
+    for preset, prior, precision in itertools.product(presets, motion_priors, precisions):
+        config = PRESETS[preset] if prior is None else dataclasses.replace(PRESETS[preset], motion_prior=priors[prior])
+        upscaler = Upscaler(MEGAN(config), device=str(torch_device), precision=precision)
+        for workload in workloads:
+            model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
+            models.append(model)
+            pipelines.append(
+                bench_pipeline(upscaler, preset, workload, clip_frames, runs, warmup, tile) if end_to_end else None
+            )
     return dataclasses.replace(report, models=models, pipelines=pipelines)
 

@@ -494,6 +494,9 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
 )
 @click.option("--precision", "precisions", multiple=True,
               help="auto, fp32, bf16 or fp16; repeat to compare in one run.  [default: auto]")
+@click.option("--motion-prior", "motion_priors", type=click.Choice(["none", "flow"]), multiple=True,
+              help="Time the presets without or with the optical-flow motion prior; repeat both to see its cost.  "
+                   "[default: as each preset has it]")
 @click.option("--size", "sizes", multiple=True,
               help="Workload: vid4 (720x576 output), 1080p, or an output size WIDTHxHEIGHT; repeatable.  "
                    "[default: vid4 and 1080p on a GPU, vid4 on the CPU]")
@@ -514,6 +517,7 @@ def bench(
     device: str,
     presets: tuple[str, ...],
     precisions: tuple[str, ...],
+    motion_priors: tuple[str, ...],
     sizes: tuple[str, ...],
     end_to_end: bool,
     frames: int | None,
@@ -535,6 +539,7 @@ def bench(
       stvsr bench                                   # the standard workloads on this machine
       stvsr bench --device cuda --precision fp32 --precision bf16 --json bench.json
       stvsr bench --device cpu --preset small --size 320x180 --model-only
+      stvsr bench --device cpu --preset small --motion-prior none --motion-prior flow   # the prior's cost
     """
     from .bench import Workload, run_bench
 
@@ -553,6 +558,7 @@ def bench(
         clip_frames=frames,
         tile=tile,
         peak_tflops=peak_tflops,
+        motion_priors=list(motion_priors) or [None],
     )
     console = Console()
     console.print(f"{report.device}, {report.threads} PyTorch threads, torch {report.torch_version}")
@@ -574,6 +580,9 @@ def bench(
     def name(workload) -> str:
         return workload.name or f"{workload.width}x{workload.height}"
 
+    def network(result) -> str:
+        return result.preset + (" +flow" if result.motion_prior else "")
+
     memory = "RSS" if report.device.startswith("CPU") else "GPU memory"
     table = Table(title=f"Network alone (a window adds 4 output frames); MiB: peak {memory}",
                   box=box.SIMPLE_HEAD)
@@ -584,7 +593,7 @@ def bench(
     for m in report.models:
         peak = ["-" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"] if known_peak else []
         table.add_row(
-            m.preset, short(m.precision), name(m.workload),
+            network(m), short(m.precision), name(m.workload),
             f"{m.seconds_per_frame * 1e3:,.1f}", f"{m.fps:.2f}", f"{m.window.gflops / 1e3:.3f}", *peak,
             f"{m.conv_fraction:.0%}", mib(m.peak_memory),
         )  # fmt: skip
@@ -597,7 +606,7 @@ def bench(
         for m, p in zip(report.models, report.pipelines):
             if p is not None:
                 table.add_row(
-                    p.preset, short(p.precision), name(p.workload),
+                    network(p), short(p.precision), name(p.workload),
                     str(p.output_frames), f"{p.seconds_per_frame * 1e3:,.1f}", f"{p.fps:.2f}",
                     f"{p.efficiency(m):.0%}", mib(p.peak_memory),
                 )  # fmt: skip

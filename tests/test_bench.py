@@ -61,6 +61,16 @@ def test_end_to_end_runs_the_whole_upscale_path_on_a_clip_with_audio():
     assert saved["output_frames"] == 12 and saved["efficiency"] == pytest.approx(pipeline.efficiency(model))
 
 
+def test_the_motion_prior_is_timed_without_and_with_it_side_by_side(tmp_path):
+    path = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--preset", "tiny", "--size", "64x48", "--runs", "1", "--no-deform",
+            "--model-only", "--motion-prior", "none", "--motion-prior", "flow", "--json", str(path)]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "tiny +flow" in result.output
+    assert [m["motion_prior"] for m in json.loads(path.read_text())["models"]] == [0, 1]
+
+
 @pytest.mark.parametrize("frames, windows", [(1, 1), (4, 1), (5, 2), (6, 2), (8, 3), (96, 47)])
 def test_windows_needed_follows_the_planner(frames, windows):
     assert windows_needed(frames) == windows

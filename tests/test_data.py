@@ -12,6 +12,7 @@ import torch
 from stvsr_cli import StvsrError
 from stvsr_cli.data import TrainingSet, VideoSource, camera_move, open_source, validation_set
 from stvsr_cli.decode import decode, probe
+from stvsr_cli.frames import read_frame
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import make_layout, write_frames  # noqa: E402
@@ -47,6 +48,30 @@ def test_a_photo_becomes_a_smooth_camera_move(tmp_path):
     assert frames.shape == (7, 3, 32, 32) and 0 <= frames.min() and frames.max() <= 1
     assert torch.equal(frames, camera_move(photo, 32, torch.Generator().manual_seed(1)))
     assert not torch.equal(frames[0], frames[6])
+
+
+def test_objects_move_over_a_moving_background_and_cover_it(tmp_path):
+    """`objects:` scenes: each photo is the background of several scenes;
+    a scene is a function of its index and seed, and its objects move on
+    their own, so the frames differ by more than the camera move does."""
+    stills = make_layout("stills", tmp_path)
+    source = open_source(f"objects:{stills}", 32)
+    assert source.kind == "objects" and len(source) == 2 * source.scenes_per_photo
+    samples = TrainingSet([source], crop=8, seed=0)
+    lr, hr = samples[3]
+    assert lr.shape == (4, 3, 8, 8) and hr.shape == (7, 3, 32, 32)
+    assert all(torch.equal(a, b) for a, b in zip(samples.sample(3), samples.sample(3)))
+    scene = source.window(0, 32, torch.Generator().manual_seed(2))
+    background = camera_move(read_frame(source.images[0]).float().div(255), 32, torch.Generator().manual_seed(2))
+    covered = (scene - background).abs().amax(dim=1) > 0.02  # (7, 32, 32): where an object is
+    assert covered.any()  # an object, over the camera's move of the background photo
+    assert len({tuple(frame.nonzero().float().mean(0).tolist()) for frame in covered if frame.any()}) > 1  # moving
+    assert validation_set([f"objects:{stills}"], size=32, limit=4)[0].shape == (7, 3, 32, 32)
+    with pytest.raises(StvsrError, match="at least 2 photos"):
+        single = tmp_path / "one"
+        single.mkdir()
+        (stills / "photo_a.jpg").rename(single / "photo_a.jpg")
+        open_source(f"objects:{single}", 32)
 
 
 def test_layouts_are_detected_and_can_be_named(tmp_path):

@@ -82,4 +82,4 @@ def test_readme_eval_recipe_makes_a_vid4_folder_that_eval_scores_as_it_says(tmp_
     example = python_example("evaluate(").replace("data/vid4", data)
     namespace: dict = {}
     exec(compile(example, "README.md", "exec"), namespace)
-    assert namespace["report"].rows == ("model", "bicubic + blend", "bicubic + repeat")
+    assert namespace["report"].rows == ("model", "bicubic + blend", "bicubic + repeat", "bicubic + mci", "bicubic + flow")

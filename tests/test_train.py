@@ -96,6 +96,23 @@ def test_resume_refuses_a_changed_recipe_and_a_new_run_refuses_an_old_folder(tmp
         train(options([data], tmp_path / "new", preset="tiny", resume=True))
 
 
+def test_motion_prior_is_added_to_init_weights_and_kept_by_the_run(tmp_path):
+    """--motion-prior flow fine-tunes weights trained without the prior (it
+    adds no parameters); the run's weights record it, and --resume keeps it."""
+    data = make_layout("clips", tmp_path)
+    start = tmp_path / "start.safetensors"
+    save_weights(MEGAN(PRESETS["tiny"]), start)
+    result = train(options([data], tmp_path / "run", init=start, motion_prior="flow", iters=2))
+    assert result.model.config.motion_prior == 1
+    assert load_model(tmp_path / "run" / "last.safetensors").config.motion_prior == 1
+    with pytest.raises(StvsrError, match=r"--motion-prior flow \(not None\)"):
+        train(options([data], tmp_path / "run", init=start, iters=2, resume=True))
+    off = train(options([data], tmp_path / "off", preset="small", motion_prior="none", iters=1, crop=CROP))
+    assert off.model.config.motion_prior == 0 and PRESETS["small"].motion_prior == 1
+    with pytest.raises(StvsrError, match="--motion-prior must be one of none, flow"):
+        train(options([data], tmp_path / "bad", preset="tiny", motion_prior="dis"))
+
+
 def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
     data = make_layout("clips", tmp_path)
     run = tmp_path / "run"

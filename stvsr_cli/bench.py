@@ -59,6 +59,7 @@ import torchvision.ops
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import motion
 from .config import PRESETS
 from .errors import StvsrError
 from .inference import Upscaler, resolve_device
@@ -168,10 +169,19 @@ class ModelResult:
     conv: Timing  # the reference convolution
     peak_memory: int  # bytes (see the module docstring)
     peak_tflops: float | None = None  # the device's, for this precision
+    # Of each timed window, the seconds spent in the motion prior (flows and warping), [] without one
+    prior_seconds: list[float] = field(default_factory=list)
 
     @property
     def seconds_per_frame(self) -> float:
         return self.window.median_seconds / OUTPUT_FRAMES_PER_WINDOW
+
+    @property
+    def prior_fraction(self) -> float | None:
+        """The motion prior's share of a window's time, measured inside the same windows."""
+        if not self.prior_seconds:
+            return None
+        return statistics.median(p / w for p, w in zip(self.prior_seconds, self.window.seconds))
 
     @property
     def fps(self) -> float:
@@ -270,6 +280,8 @@ class BenchReport:
                 "lr_size": [m.workload.lr_size[1], m.workload.lr_size[0]],
                 "precision": m.precision,
                 "motion_prior": m.motion_prior,
+                "prior_seconds": m.prior_seconds,
+                "prior_fraction": m.prior_fraction,
                 "tile": m.tile,
                 "window": timing(m.window),
                 "deform_gflop": m.deform_gflop,
@@ -417,10 +429,12 @@ def bench_model(
     for _ in range(max(warmup, 1) - 1):
         window()
     conv()
-    conv_seconds, window_seconds = [], []
+    conv_seconds, window_seconds, prior_seconds = [], [], []
     for _ in range(runs):
         conv_seconds += [_timed(conv, device) for _ in range(_conv_repeats(conv_gflop))]
-        window_seconds.append(_timed(window, device))
+        with _time_motion_prior(device) as spent:
+            window_seconds.append(_timed(window, device))
+        prior_seconds.append(spent[0])
     conv_seconds += [_timed(conv, device) for _ in range(_conv_repeats(conv_gflop))]
     return ModelResult(
         preset=preset,
@@ -433,7 +447,38 @@ def bench_model(
         conv=Timing(conv_gflop, conv_seconds),
         peak_memory=_peak_memory(device),
         peak_tflops=peak_tflops if peak_tflops is not None else device_peak_tflops(device, dtype),
+        prior_seconds=prior_seconds if upscaler.model.config.motion_prior else [],
     )
+
+
+@contextlib.contextmanager
+def _time_motion_prior(device: torch.device) -> Iterator[list[float]]:
+    """Seconds spent inside the motion prior's two steps (`motion.pair_flows`,
+    the flows; `motion.interpolate`, the warped in-between frames) while the
+    block runs, by wrapping them where the network looks them up. Timing the
+    prior inside the windows themselves gives its share of the same work,
+    which load on a shared machine cannot skew as it can two separate runs."""
+    spent = [0.0]
+    originals = {name: getattr(motion, name) for name in ("pair_flows", "interpolate")}
+
+    def timed(function):
+        def run(*args, **kwargs):
+            _synchronize(device)
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            _synchronize(device)
+            spent[0] += time.perf_counter() - start
+            return result
+
+        return run
+
+    for name, function in originals.items():
+        setattr(motion, name, timed(function))
+    try:
+        yield spent
+    finally:
+        for name, function in originals.items():
+            setattr(motion, name, function)
 
 
 def windows_needed(frames: int, input_frames: int = 4) -> int:

@@ -584,18 +584,22 @@ def bench(
         return result.preset + (" +flow" if result.motion_prior else "")
 
     memory = "RSS" if report.device.startswith("CPU") else "GPU memory"
-    table = Table(title=f"Network alone (a window adds 4 output frames); MiB: peak {memory}",
-                  box=box.SIMPLE_HEAD)
+    table = Table(title=f"Network alone (a window adds 4 output frames); prior: the motion prior's share of a "
+                        f"window's time; MiB: peak {memory}", box=box.SIMPLE_HEAD)
     known_peak = any(m.peak_fraction is not None for m in report.models)  # never on a CPU
-    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", "of peak", "of conv", "MiB")
-    for column in columns if known_peak else tuple(c for c in columns if c != "of peak"):
-        table.add_column(column, justify="right")
+    any_prior = any(m.prior_fraction is not None for m in report.models)
+    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", "of peak", "of conv", "prior", "MiB")
+    dropped = ({"of peak"} if not known_peak else set()) | ({"prior"} if not any_prior else set())
+    for column in columns:
+        if column not in dropped:
+            table.add_column(column, justify="right")
     for m in report.models:
         peak = ["-" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"] if known_peak else []
+        prior = ["-" if m.prior_fraction is None else f"{m.prior_fraction:.1%}"] if any_prior else []
         table.add_row(
             network(m), short(m.precision), name(m.workload),
             f"{m.seconds_per_frame * 1e3:,.1f}", f"{m.fps:.2f}", f"{m.window.gflops / 1e3:.3f}", *peak,
-            f"{m.conv_fraction:.0%}", mib(m.peak_memory),
+            f"{m.conv_fraction:.0%}", *prior, mib(m.peak_memory),
         )  # fmt: skip
     console.print(table)
     if any(p is not None for p in report.pipelines):

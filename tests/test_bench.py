@@ -68,7 +68,10 @@ def test_the_motion_prior_is_timed_without_and_with_it_side_by_side(tmp_path):
     result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "tiny +flow" in result.output
-    assert [m["motion_prior"] for m in json.loads(path.read_text())["models"]] == [0, 1]
+    without, with_prior = json.loads(path.read_text())["models"]
+    assert (without["motion_prior"], with_prior["motion_prior"]) == (0, 1)
+    assert without["prior_fraction"] is None and without["prior_seconds"] == []
+    assert len(with_prior["prior_seconds"]) == 1 and 0 < with_prior["prior_fraction"] < 1
 
 
 @pytest.mark.parametrize("frames, windows", [(1, 1), (4, 1), (5, 2), (6, 2), (8, 3), (96, 47)])

@@ -1,22 +1,73 @@
-"""Zooming Slow-Mo: the network.
+"""Zooming Slow-Mo: the network, its released weights' layout and layout.
 
-That the network computes what ZSM's own code computes was checked outside
-the test suite, since that code cannot be part of this one.
+The released weights are not downloaded: `zsm_state` makes random tensors
+under their names and shapes, listed in tests/zsm_manifest.json. That
+the network computes what ZSM's own code computes was checked outside the
+test suite (see the README), since that code cannot be part of this one.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
+from safetensors.torch import save_file
 
 from conftest import perturb_zero_initialised
-from stvsr_cli import PRESETS, ZSM, StvsrError, ZSMConfig
+from stvsr_cli import PRESETS, ZSM, StvsrError, WeightsError, ZSMConfig, load_model, save_weights
+from stvsr_cli.cli import main
 from stvsr_cli.megan import BidirectionalDeformableConvLSTM
+from stvsr_cli.weights import read_weights, weights_metadata
+from stvsr_cli.zsm_weights import stvsr_name
 
 MANIFEST = json.loads((Path(__file__).parent / "zsm_manifest.json").read_text())
+
+
+def zsm_state(extraction_blocks: int = 5, residual_blocks: int = 40, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random tensors under the released weights' names and shapes, keeping the
+    first `extraction_blocks` and `residual_blocks` residual blocks (fewer: faster)."""
+    generator = torch.Generator().manual_seed(seed)
+    kept = {"feature_extraction": extraction_blocks, "recon_trunk": residual_blocks}
+    state = {}
+    for name, shape in MANIFEST["tensors"].items():
+        block = re.match(r"(feature_extraction|recon_trunk)\.(\d+)\.", name)
+        if block and int(block[2]) >= kept[block[1]]:
+            continue
+        state[name] = torch.randn(shape, generator=generator) * 0.02
+    return state
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory) -> Path:
+    """A file laid out exactly as xiang2020zooming.pth: torch.save of a plain state dict."""
+    path = tmp_path_factory.mktemp("zsm") / "xiang2020zooming.pth"
+    torch.save(zsm_state(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shallow(tmp_path_factory) -> Path:
+    """The same layout with 1 + 2 residual blocks instead of 5 + 40, for the slower tests."""
+    path = tmp_path_factory.mktemp("zsm") / "shallow.pth"
+    torch.save(zsm_state(1, 2), path)
+    return path
+
+
+def run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
+    return result.exit_code, result.output
+
+
+def one_error_line(args: list[str]) -> str:
+    code, output = run(args)
+    assert code == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stvsr: error: ") and "Traceback" not in output, output
+    return lines[0]
 
 
 # --- the network --------------------------------------------------------------------------------
@@ -80,3 +131,112 @@ def test_zsm_aligns_the_hidden_state_by_sampling_the_input_first_as_its_code_doe
     first_input = features[0][:, 0]  # the forward pass's first step; the state is still zero there
     torch.testing.assert_close(sampled[0][:1], first_input)
     assert sampled[0].abs().max() > 0
+
+
+# --- the released weights' layout ---------------------------------------------------------------
+
+
+def test_the_released_layout_loads_every_tensor_once_and_runs(released):
+    model = load_model(released)
+    assert model.config == PRESETS["zsm"]
+    ours = model.state_dict()
+    theirs = torch.load(released, weights_only=True)
+    assert len({stvsr_name(name) for name in theirs}) == len(theirs) == len(ours)
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[stvsr_name(name)], tensor), name
+    with torch.inference_mode():
+        out = model(torch.rand(1, 4, 3, 8, 8))
+    assert out.shape == (1, 7, 3, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    ("zsm", "ours"),
+    [
+        ("conv_first.weight", "extraction.shallow.weight"),
+        ("feature_extraction.4.conv2.bias", "extraction.blocks.4.conv2.bias"),
+        ("fea_L3_conv1.weight", "interpolation.interpolate.pyramid.down.1.0.weight"),
+        # L1 is full size (levels[0]); _1 samples the first feature towards the second (align_a)
+        ("pcd_align.L1_dcnpack_1.conv_offset_mask.weight", "interpolation.interpolate.align_a.levels.0.deform.offset_mask.weight"),
+        ("pcd_align.L2_dcnpack_2.weight", "interpolation.interpolate.align_b.levels.1.deform.conv.weight"),
+        ("pcd_align.L2_offset_conv2_1.bias", "interpolation.interpolate.align_a.levels.1.offset_cascade.bias"),
+        ("pcd_align.L3_offset_conv2_2.bias", "interpolation.interpolate.align_b.levels.2.offset_out.bias"),
+        ("pcd_align.L1_fea_conv_2.weight", "interpolation.interpolate.align_b.levels.0.feature_cascade.weight"),
+        ("fusion.weight", "interpolation.interpolate.blend.weight"),
+        ("ConvBLSTM.forward_net.pcd_h.fusion.bias", "convlstm.align_hidden.blend.bias"),
+        ("ConvBLSTM.forward_net.pcd_c.pcd_align.L3_offset_conv1_1.weight", "convlstm.align_cell.align_a.levels.2.offset_in.weight"),
+        ("ConvBLSTM.forward_net.cell_list.0.conv.weight", "convlstm.step.gates.weight"),
+        ("ConvBLSTM.conv_1x1.weight", "convlstm.merge.weight"),
+        ("recon_trunk.39.conv1.weight", "reconstruction.body.39.conv1.weight"),
+        ("upconv2.bias", "reconstruction.upsample.3.bias"),
+        ("conv_last.weight", "reconstruction.upsample.8.weight"),
+        # not in the layout: the quarter-size level has no cascade; no batch norms anywhere
+        ("pcd_align.L3_fea_conv_1.weight", None),
+        ("pcd_align.L3_offset_conv3_1.weight", None),
+        ("conv_first.running_mean", None),
+    ],
+)
+def test_names_map_as_zsms_modules_mean_them(zsm, ours):
+    assert stvsr_name(zsm) == ours
+
+
+@pytest.mark.parametrize("container", ["DataParallel", "wrapped", "safetensors"])
+def test_the_layout_is_recognised_in_other_containers_and_counts_its_blocks(tmp_path, container):
+    state = zsm_state(extraction_blocks=1, residual_blocks=2)
+    path = tmp_path / ("zsm.safetensors" if container == "safetensors" else "zsm.pth")
+    if container == "DataParallel":
+        torch.save({f"module.{name}": tensor for name, tensor in state.items()}, path)
+    elif container == "wrapped":
+        torch.save({"state_dict": state, "iteration": 600_000}, path)
+    else:
+        save_file(state, path)  # no stvsr metadata
+    config, _ = read_weights(path)
+    assert config == ZSMConfig(extraction_blocks=1, residual_blocks=2)
+    assert load_model(path).num_parameters() == sum(t.numel() for t in state.values())
+
+
+def test_damaged_zsm_weights_get_one_line_naming_the_problem(tmp_path):
+    cases = {}
+    state = zsm_state(1, 3)
+    cases["gap"] = {k: v for k, v in state.items() if not k.startswith("recon_trunk.1.")}
+    cases["extra"] = {**state, "pcd_align.L3_fea_conv_1.weight": torch.zeros(64, 128, 3, 3)}
+    cases["narrow"] = {**state, "conv_first.weight": torch.zeros(32, 3, 3, 3)}
+    cases["incomplete"] = {k: v for k, v in state.items() if k != "ConvBLSTM.forward_net.pcd_h.fusion.bias"}
+    expected = {
+        "gap": "lacks recon_trunk block(s) [1] of 0 to 2",
+        "extra": "1 tensor(s) that layout does not have (pcd_align.L3_fea_conv_1.weight)",
+        "narrow": "32 channels wide; stvsr reads ZSM's layout at the released width, 64",
+        "incomplete": "missing 1 (convlstm.align_hidden.blend.bias). Is it a complete checkpoint",
+    }
+    for case, damaged in cases.items():
+        torch.save(damaged, tmp_path / f"{case}.pth")
+        assert expected[case] in one_error_line(["info", "--weights", str(tmp_path / f"{case}.pth")]), case
+
+
+def test_an_unknown_layout_says_which_layouts_stvsr_reads(tmp_path, tiny_model):
+    path = tmp_path / "bare.pth"
+    torch.save(tiny_model.state_dict(), path)  # a state dict without stvsr's configuration
+    line = one_error_line(["info", "--weights", str(path)])
+    assert "in no layout stvsr knows: expected a stvsr checkpoint (with the 'config' and 'model' entries" in line
+    assert "or Zooming Slow-Mo's released state dict (conv_first.weight" in line
+    assert "its first names are attention.shallow.weight" in line
+
+
+# --- the configuration travels in weights files --------------------------------------------------
+
+
+def test_weights_files_name_their_network_and_older_files_are_megan(tmp_path, tiny_model):
+    tiny_zsm = ZSM(ZSMConfig(channels=8, deformable_groups=2, extraction_blocks=1, residual_blocks=1))
+    save_weights(tiny_zsm, tmp_path / "zsm.safetensors")
+    assert weights_metadata(tmp_path / "zsm.safetensors")["network"] == "zsm"
+    assert load_model(tmp_path / "zsm.safetensors").config == tiny_zsm.config
+
+    # written before there were two networks: no "network" entry
+    state = {name: tensor.contiguous() for name, tensor in tiny_model.state_dict().items()}
+    config = json.dumps(tiny_model.config.to_dict())
+    save_file(state, tmp_path / "old.safetensors", metadata={"format": "stvsr-megan", "config": config})
+    assert load_model(tmp_path / "old.safetensors").config == PRESETS["tiny"]
+
+    save_file(state, tmp_path / "new.safetensors", metadata={"format": "stvsr-megan", "config": config,
+                                                             "network": "hyperzoom"})
+    with pytest.raises(WeightsError, match="unknown network 'hyperzoom'.*upgrade stvsr"):
+        load_model(tmp_path / "new.safetensors")

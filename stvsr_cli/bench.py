@@ -63,7 +63,7 @@ from .errors import StvsrError
 from .inference import Upscaler, resolve_device
 from .layers import ModulatedDeformConv
 from .layers.deform_cpu import deform_conv2d
-from .megan import MEGAN
+from .networks import build_network
 from .stream import check_run_options
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
 from .windows import Window, WindowPlanner
@@ -582,7 +582,7 @@ def run_bench(
     pipelines: list[PipelineResult | None] = []
     for preset in presets:
         for precision in precisions:
-            upscaler = Upscaler(MEGAN(PRESETS[preset]), device=str(torch_device), precision=precision)
+            upscaler = Upscaler(build_network(PRESETS[preset]), device=str(torch_device), precision=precision)
             for workload in workloads:
                 model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
                 models.append(model)

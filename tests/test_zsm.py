@@ -1,4 +1,4 @@
-"""Zooming Slow-Mo: the network, its released weights' layout and layout.
+"""Zooming Slow-Mo: the network, its released weights' layout, and every command with it.
 
 The released weights are not downloaded: `zsm_state` makes random tensors
 under their names and shapes, listed in tests/zsm_manifest.json. That
@@ -18,11 +18,15 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 
 from conftest import perturb_zero_initialised
+from datasets import make_layout, write_frames
 from stvsr_cli import PRESETS, ZSM, StvsrError, WeightsError, ZSMConfig, load_model, save_weights
+from stvsr_cli.bench import Workload, run_bench
 from stvsr_cli.cli import main
 from stvsr_cli.megan import BidirectionalDeformableConvLSTM
+from stvsr_cli.train import TrainOptions, train
 from stvsr_cli.weights import read_weights, weights_metadata
 from stvsr_cli.zsm_weights import stvsr_name
+from videos import make_video, read_video
 
 MANIFEST = json.loads((Path(__file__).parent / "zsm_manifest.json").read_text())
 
@@ -240,3 +244,60 @@ def test_weights_files_name_their_network_and_older_files_are_megan(tmp_path, ti
                                                              "network": "hyperzoom"})
     with pytest.raises(WeightsError, match="unknown network 'hyperzoom'.*upgrade stvsr"):
         load_model(tmp_path / "new.safetensors")
+
+
+def test_info_shows_zooming_slow_mo_and_its_11_10_m_parameters(released):
+    for source in (["--preset", "zsm"], ["--weights", str(released)]):
+        code, output = run(["info", *source])
+        assert code == 0, output
+        assert "Zooming Slow-Mo" in output and "11,102,771 (11.10 M)" in output
+        assert "residual_blocks" in output and "40" in output
+
+
+# --- every command with Zooming Slow-Mo ----------------------------------------------------------
+
+
+def test_upscale_a_video_with_the_released_layout(released, tmp_path):
+    source = make_video(tmp_path / "in.mp4", frames=3, width=16, height=12)
+    code, output = run(["upscale", str(source), str(tmp_path / "out.mp4"), "--weights", str(released),
+                        "--device", "cpu", "--quiet"])
+    assert code == 0, output
+    video, _ = read_video(tmp_path / "out.mp4")
+    assert len(video) == 6 and video[0].shape == (48, 64, 3)
+
+
+def test_eval_scores_zsm_weights(shallow, tmp_path):
+    write_frames(tmp_path / "clips" / "walk", 5, width=32, height=24)
+    code, output = run(["eval", str(tmp_path / "clips"), "--weights", str(shallow), "--device", "cpu",
+                        "--json", str(tmp_path / "scores.json"), "-q"])
+    assert code == 0, output
+    assert len(json.loads((tmp_path / "scores.json").read_text())["clips"][0]["frames"]["model"]) == 5
+
+
+TRAIN = dict(iters=1, batch=1, crop=8, lr=1e-3, workers=0, device="cpu", quiet=True)
+
+
+def test_train_fine_tunes_the_released_layout_and_resumes_it(shallow, tmp_path):
+    data = [str(make_layout("clips", tmp_path))]
+    tuned = train(TrainOptions(data=data, out=tmp_path / "tuned", init=shallow, **TRAIN))
+    start = load_model(shallow).state_dict()
+    assert isinstance(tuned.model, ZSM) and tuned.model.config == ZSMConfig(extraction_blocks=1, residual_blocks=2)
+    assert any(not torch.equal(tensor, start[name]) for name, tensor in tuned.model.state_dict().items())
+    assert weights_metadata(tmp_path / "tuned" / "last.safetensors")["network"] == "zsm"
+    resumed = train(TrainOptions(data=data, out=tmp_path / "tuned", init=shallow, resume=True, **TRAIN))
+    assert resumed.step == 1 and isinstance(resumed.model, ZSM)  # the checkpoint knows its network
+
+
+def test_train_the_zsm_preset_without_megans_motion_prior(tmp_path):
+    data = [str(make_layout("clips", tmp_path))]
+    with pytest.raises(StvsrError, match="--motion-prior is MEGAN's; the Zooming Slow-Mo network has none"):
+        train(TrainOptions(data=data, out=tmp_path / "flow", preset="zsm", motion_prior="flow", **TRAIN))
+    fresh = train(TrainOptions(data=data, out=tmp_path / "fresh", preset="zsm", **TRAIN))
+    assert fresh.model.config == PRESETS["zsm"]
+    assert weights_metadata(tmp_path / "fresh" / "last.safetensors")["preset"] == "zsm"
+
+
+def test_bench_times_the_zsm_preset_beside_megans():
+    report = run_bench(["zsm", "tiny"], [Workload(16, 16)], device="cpu", runs=1, deform=False, end_to_end=False)
+    assert [m.preset for m in report.models] == ["zsm", "tiny"]
+    assert report.models[0].window.gflop > 10 * report.models[1].window.gflop > 0

@@ -7,7 +7,7 @@ from .errors import StvsrError
 from .megan import MEGAN
 from .zsm import ZSM
 from .networks import build_network
-from .weights import WeightsError, load_model, read_weights, save_weights
+from .weights import WeightsError, convert_weights, load_model, read_weights, save_weights
 from .inference import Upscaler
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "ZSMConfig",
     "__version__",
     "build_network",
+    "convert_weights",
     "load_model",
     "read_weights",
     "save_weights",

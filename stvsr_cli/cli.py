@@ -31,14 +31,14 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .config import PRESETS, preset as preset_config
+from .config import PRESETS, preset as preset_config, preset_name
 from .errors import StvsrError
 from .networks import build_network
 from .encode import EncodeOptions
 from .evaluate import BLEND, MODEL, REPEAT, EvalOptions, EvalReport, check_output_file, evaluate, plot_psnr, write_json
 from .tiling import DEFAULT_TILE
 from .upscale import UpscaleOptions, upscale_video
-from .weights import load_model, weights_metadata, write_atomically
+from .weights import convert_weights, load_model, weights_metadata, write_atomically
 from .windows import DEFAULT_SCENE_THRESHOLD
 
 
@@ -448,6 +448,31 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
     click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")
+
+
+@main.command()
+@click.argument("source", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("destination", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def convert(source: Path, destination: Path, overwrite: bool) -> None:
+    """Rewrite weights stvsr can load as a stvsr .safetensors file.
+
+    IN is a stvsr weights file, a training checkpoint (checkpoint.pt) or
+    Zooming Slow-Mo's released weights (xiang2020zooming.pth). OUT, named
+    *.safetensors, carries the network's configuration and nothing but
+    tensors: safe to share, loaded by --weights without unpickling anything.
+    The tensors keep their values and precision.
+
+    \b
+    Examples:
+      stvsr convert xiang2020zooming.pth zsm.safetensors
+      stvsr convert runs/x/checkpoint.pt x.safetensors
+    """
+    model = convert_weights(source, destination, overwrite=overwrite)
+    click.echo(
+        f"wrote {destination}: {model.config.title}, {preset_name(model.config) or 'custom'} preset, "
+        f"{model.num_parameters():,} parameters"
+    )
 
 
 @main.command()

@@ -10,7 +10,8 @@ Three layouts load (`open_weights`): stvsr's safetensors files; stvsr's
 training checkpoints (a dict with "config" and "model"); and Zooming
 Slow-Mo's released weights, a bare state dict recognised from its names
 (`stvsr_cli.zsm_weights`), in a .pth or in a safetensors file without
-stvsr's metadata. Pickled PyTorch files (`.pt`, `.pth`) are read only through
+stvsr's metadata. `convert_weights` rewrites any of them as stvsr's
+safetensors. Pickled PyTorch files (`.pt`, `.pth`) are read only through
 `torch.load(weights_only=True)`, which refuses anything but tensors and
 plain containers: loading a file never runs code from it.
 """
@@ -168,6 +169,32 @@ def read_weights(path: str | os.PathLike) -> tuple[NetworkConfig, dict[str, Tens
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Network:
     """Build the network a weights file describes and load its weights, in eval mode."""
     return _build_and_load(open_weights(path), path).to(device).eval()
+
+
+def convert_weights(source: str | os.PathLike, destination: str | os.PathLike, *, overwrite: bool = False) -> Network:
+    """Rewrite weights of any layout stvsr loads as a stvsr safetensors file.
+
+    The result carries its network's configuration and holds nothing but
+    tensors, so it is safe to share and loads without unpickling anything.
+    The tensors are checked by loading them into their network first, and
+    keep their values and precision (a float16 file stays float16); the
+    description and trained flag of a stvsr file are kept, so converting a
+    converted file gives the same file again. Returns the loaded network.
+    """
+    destination = Path(destination)
+    if destination.suffix != ".safetensors":
+        raise WeightsError(f"{destination}: the converted weights are a safetensors file; name it *.safetensors")
+    if destination.exists() and not overwrite:
+        raise WeightsError(f"{destination} exists; add --overwrite to replace it")
+    weights = open_weights(source)
+    model = _build_and_load(weights, source)
+    floating = {t.dtype for t in weights.state.values() if t.is_floating_point()}
+    description = weights.metadata.get("description") or (
+        f"{weights.layout}, converted from {Path(source).name} by stvsr {__version__}"
+    )
+    save_weights(model, destination, dtype=floating.pop() if len(floating) == 1 else None,
+                 trained=weights.metadata.get("trained") != "no", description=description)
+    return model.eval()
 
 
 def _build_and_load(weights: Weights, path: str | os.PathLike) -> Network:

@@ -254,6 +254,50 @@ def test_info_shows_zooming_slow_mo_and_its_11_10_m_parameters(released):
         assert "residual_blocks" in output and "40" in output
 
 
+# --- convert ------------------------------------------------------------------------------------
+
+
+def test_convert_turns_the_released_layout_into_a_self_describing_file_and_round_trips(shallow, tmp_path):
+    first, second = tmp_path / "zsm.safetensors", tmp_path / "again.safetensors"
+    code, output = run(["convert", str(shallow), str(first)])
+    assert code == 0, output
+    assert f"wrote {first}: Zooming Slow-Mo, custom preset, " in output
+    metadata = weights_metadata(first)
+    assert metadata["network"] == "zsm" and metadata["trained"] == "yes"
+    assert "Zooming Slow-Mo weights, converted from shallow.pth" in metadata["description"]
+    x = torch.rand(1, 4, 3, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(load_model(first)(x), load_model(shallow)(x))
+    assert run(["convert", str(first), str(second)])[0] == 0  # a converted file converts to itself:
+    assert weights_metadata(second) == metadata
+    (config, state), (again, state_again) = read_weights(first), read_weights(second)
+    assert again == config and state.keys() == state_again.keys()
+    assert all(torch.equal(state[name], state_again[name]) for name in state)
+
+
+def test_convert_keeps_a_checkpoints_network_and_a_files_precision(tmp_path, tiny_model):
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"config": tiny_model.config.to_dict(), "model": tiny_model.state_dict(), "step": 3}, checkpoint)
+    assert run(["convert", str(checkpoint), str(tmp_path / "from-checkpoint.safetensors")])[0] == 0
+    assert load_model(tmp_path / "from-checkpoint.safetensors").config == PRESETS["tiny"]
+
+    save_weights(tiny_model, tmp_path / "half.safetensors", dtype=torch.float16, description="kept")
+    assert run(["convert", str(tmp_path / "half.safetensors"), str(tmp_path / "copy.safetensors")])[0] == 0
+    _, state = read_weights(tmp_path / "copy.safetensors")
+    _, original = read_weights(tmp_path / "half.safetensors")
+    assert all(torch.equal(state[name], tensor) and state[name].dtype == tensor.dtype for name, tensor in original.items())
+    assert weights_metadata(tmp_path / "copy.safetensors")["description"] == "kept"
+
+
+def test_convert_refuses_other_outputs_in_one_line(tmp_path, tiny_model):
+    source = tmp_path / "tiny.safetensors"
+    save_weights(tiny_model, source)
+    assert "name it *.safetensors" in one_error_line(["convert", str(source), str(tmp_path / "tiny.pth")])
+    (tmp_path / "taken.safetensors").write_bytes(b"mine")
+    assert "add --overwrite" in one_error_line(["convert", str(source), str(tmp_path / "taken.safetensors")])
+    assert run(["convert", str(source), str(tmp_path / "taken.safetensors"), "--overwrite"])[0] == 0
+
+
 # --- every command with Zooming Slow-Mo ----------------------------------------------------------
 
 

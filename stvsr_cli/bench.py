@@ -65,7 +65,7 @@ from .errors import StvsrError
 from .inference import Upscaler, resolve_device
 from .layers import ModulatedDeformConv
 from .layers.deform_cpu import deform_conv2d
-from .megan import MEGAN
+from .networks import build_network
 from .stream import check_run_options
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
 from .windows import Window, WindowPlanner
@@ -441,13 +441,13 @@ def bench_model(
         workload=workload,
         precision=str(dtype).removeprefix("torch."),
         tile=tile,
-        motion_prior=upscaler.model.config.motion_prior,
+        motion_prior=getattr(upscaler.model.config, "motion_prior", 0),
         window=Timing(counts["total"] / 1e9, window_seconds),
         deform_gflop=counts["deform"] / 1e9,
         conv=Timing(conv_gflop, conv_seconds),
         peak_memory=_peak_memory(device),
         peak_tflops=peak_tflops if peak_tflops is not None else device_peak_tflops(device, dtype),
-        prior_seconds=prior_seconds if upscaler.model.config.motion_prior else [],
+        prior_seconds=prior_seconds if getattr(upscaler.model.config, "motion_prior", 0) else [],
     )
 
 
@@ -541,7 +541,7 @@ def bench_pipeline(
         preset=preset,
         workload=workload,
         precision=str(upscaler.dtype).removeprefix("torch."),
-        motion_prior=upscaler.model.config.motion_prior,
+        motion_prior=getattr(upscaler.model.config, "motion_prior", 0),
         input_frames=result.input_frames,
         output_frames=result.output_frames,
         windows=windows_needed(result.input_frames, upscaler.input_frames),
@@ -638,8 +638,12 @@ def run_bench(
     models: list[ModelResult] = []
     pipelines: list[PipelineResult | None] = []
     for preset, prior, precision in itertools.product(presets, motion_priors, precisions):
-        config = PRESETS[preset] if prior is None else dataclasses.replace(PRESETS[preset], motion_prior=priors[prior])
-        upscaler = Upscaler(MEGAN(config), device=str(torch_device), precision=precision)
+        config = PRESETS[preset]
+        if prior is not None:
+            if not hasattr(config, "motion_prior"):
+                raise StvsrError(f"--motion-prior is MEGAN's; the {preset} network has none")
+            config = dataclasses.replace(config, motion_prior=priors[prior])
+        upscaler = Upscaler(build_network(config), device=str(torch_device), precision=precision)
         for workload in workloads:
             model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
             models.append(model)

@@ -31,9 +31,9 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .config import PRESETS, MEGANConfig
+from .config import PRESETS, preset as preset_config, preset_name
 from .errors import StvsrError
-from .megan import MEGAN
+from .networks import build_network
 from .encode import EncodeOptions
 from .evaluate import (
     BLEND,
@@ -50,7 +50,7 @@ from .evaluate import (
 )
 from .tiling import DEFAULT_TILE
 from .upscale import UpscaleOptions, upscale_video
-from .weights import load_model, weights_metadata, write_atomically
+from .weights import convert_weights, load_model, weights_metadata, write_atomically
 from .windows import DEFAULT_SCENE_THRESHOLD
 
 
@@ -110,11 +110,13 @@ def _debug_option(function):
 @click.option("--debug", is_flag=True, help="Show the full traceback when something fails.")
 def main(debug: bool) -> None:
     """Space-time video super-resolution: 4x the width and height and twice
-    the frame rate, with the MEGAN network (You et al., WACV 2022).
+    the frame rate, with the MEGAN network (You et al., WACV 2022) or the
+    Zooming Slow-Mo network it builds on (Xiang et al., CVPR 2020).
 
     \b
     Examples:
       stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
+      stvsr upscale in.mp4 out.mp4 --weights xiang2020zooming.pth
       stvsr eval data/vid4 --baselines
       stvsr info --preset paper
     """
@@ -133,11 +135,13 @@ def info(preset: str | None, weights: Path | None) -> None:
     \b
     Examples:
       stvsr info --preset paper
+      stvsr info --preset zsm
       stvsr info --weights my-run/best.safetensors
+      stvsr info --weights xiang2020zooming.pth
     """
     if (preset is None) == (weights is None):
         raise StvsrError("give exactly one of --preset or --weights, e.g. `stvsr info --preset paper`")
-    model = MEGAN(MEGANConfig.preset(preset)) if preset else load_model(weights)
+    model = build_network(preset_config(preset)) if preset else load_model(weights)
     source = f"preset {preset}" if preset else str(weights)
 
     console = Console()
@@ -149,7 +153,7 @@ def info(preset: str | None, weights: Path | None) -> None:
                 about.add_row(key, metadata[key])
         if about.row_count:
             console.print(about)
-    config = Table(title=f"MEGAN configuration ({source})", show_header=False)
+    config = Table(title=f"{model.config.title} configuration ({source})", show_header=False)
     for name, value in model.config.to_dict().items():
         config.add_row(name, str(value))
     console.print(config)
@@ -427,7 +431,8 @@ class _FrameProgress:
 @main.command()
 @click.argument("data", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
-@click.option("--preset", type=click.Choice(list(PRESETS)), help="Network size of a new run.  [default: paper]")
+@click.option("--preset", type=click.Choice(list(PRESETS)),
+              help="Network of a new run: a MEGAN size, or zsm for Zooming Slow-Mo.  [default: paper]")
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--motion-prior", type=click.Choice(["flow", "none"]),
@@ -454,7 +459,7 @@ class _FrameProgress:
 @click.option("--max-bad-steps", type=int, default=10, show_default=True,
               help="Stop after this many non-finite steps in a row.")
 def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> None:
-    """Train MEGAN on videos, frame folders, photos or Vimeo-90K.
+    """Train MEGAN (or Zooming Slow-Mo) on videos, frame folders, photos or Vimeo-90K.
 
     Each DATA is detected by its layout: a video file or a folder of videos;
     a folder of clip folders (numbered frames in each, as Vid4 and REDS); a
@@ -472,6 +477,7 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
       stvsr train ../shared/data/train/clips --out runs/x --preset tiny --iters 50
       stvsr train vimeo_septuplet --val vid4 --out runs/paper
       stvsr train vimeo_septuplet --val vid4 --out runs/paper --resume
+      stvsr train vimeo_septuplet --val vid4 --out runs/zsm-ft --init xiang2020zooming.pth --lr 1e-5
       torchrun --nproc_per_node 4 -m stvsr_cli train vimeo_septuplet --out runs/paper
     """
     from .train import TrainOptions, train as run_training
@@ -481,6 +487,31 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
     click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")
+
+
+@main.command()
+@click.argument("source", metavar="IN", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("destination", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def convert(source: Path, destination: Path, overwrite: bool) -> None:
+    """Rewrite weights stvsr can load as a stvsr .safetensors file.
+
+    IN is a stvsr weights file, a training checkpoint (checkpoint.pt) or
+    Zooming Slow-Mo's released weights (xiang2020zooming.pth). OUT, named
+    *.safetensors, carries the network's configuration and nothing but
+    tensors: safe to share, loaded by --weights without unpickling anything.
+    The tensors keep their values and precision.
+
+    \b
+    Examples:
+      stvsr convert xiang2020zooming.pth zsm.safetensors
+      stvsr convert runs/x/checkpoint.pt x.safetensors
+    """
+    model = convert_weights(source, destination, overwrite=overwrite)
+    click.echo(
+        f"wrote {destination}: {model.config.title}, {preset_name(model.config) or 'custom'} preset, "
+        f"{model.num_parameters():,} parameters"
+    )
 
 
 @main.command()

@@ -1,25 +1,71 @@
-"""The typed configuration of a MEGAN network and its named presets.
+"""The typed configurations of the two networks and their named presets.
 
-A configuration is stored inside every weights file, so a weights file alone
-rebuilds the network that made it (see `stvsr_cli.weights`).
+stvsr runs two networks: MEGAN (`MEGANConfig`, stvsr_cli.megan) and Zooming
+Slow-Mo, on which MEGAN builds (`ZSMConfig`, stvsr_cli.zsm). A configuration
+knows which network it describes (`network`, "megan" or "zsm") and is stored
+inside every weights file, so a weights file alone rebuilds the network that
+made it (see `stvsr_cli.weights`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from .errors import StvsrError
 
+_Config = TypeVar("_Config", bound="_IntegerConfig")
+
+
+class _IntegerConfig:
+    """What both configurations do: integer fields to and from a dict, presets by name."""
+
+    network: ClassVar[str]  # the network's name in weights files: "megan" or "zsm"
+    title: ClassVar[str]  # and in messages
+    input_frames: int
+
+    @property
+    def output_frames(self) -> int:
+        """2n + 1: the input frames and one new frame between each pair."""
+        return 2 * self.input_frames - 1
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[_Config], values: dict[str, Any]) -> _Config:
+        """Rebuild a configuration, refusing fields this version does not know."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise StvsrError(
+                f"unknown {cls.title} configuration fields {unknown}: the weights were made by a newer stvsr; "
+                "upgrade stvsr"
+            )
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in values.values()):
+            raise StvsrError(f"{cls.title} configuration values must be integers, got {values}")
+        return cls(**values)
+
+    @classmethod
+    def preset(cls: type[_Config], name: str) -> _Config:
+        """The named preset, which must be of this network."""
+        config = preset(name)
+        if not isinstance(config, cls):
+            raise StvsrError(f"preset {name!r} is a {config.title} network, not {cls.title}")
+        return config
+
 
 @dataclass(frozen=True)
-class MEGANConfig:
+class MEGANConfig(_IntegerConfig):
     """Sizes of a MEGAN network; the defaults are the paper's (You et al., sec. 3.6).
 
     The spatial scale is fixed at 4 (two x2 PixelShuffle stages, sec. 3.4) and
     the temporal scale at 2: `input_frames` (n + 1) LR frames give 2n + 1 HR frames.
     """
+
+    network: ClassVar[str] = "megan"
+    title: ClassVar[str] = "MEGAN"
 
     channels: int = 64  # nf, the width of every feature map
     input_frames: int = 4  # n + 1 LR frames in, 2n + 1 HR frames out
@@ -63,36 +109,69 @@ class MEGANConfig:
         if problems:
             raise StvsrError("invalid MEGAN configuration: " + "; ".join(problems))
 
-    @property
-    def output_frames(self) -> int:
-        """2n + 1: the input frames and one new frame between each pair."""
-        return 2 * self.input_frames - 1
 
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
+@dataclass(frozen=True)
+class ZSMConfig(_IntegerConfig):
+    """Sizes of a Zooming Slow-Mo network (Xiang et al., CVPR 2020); the
+    defaults are the paper's (sec. 3.6 of the journal version) and those of
+    the authors' released weights: 64 channels, 8 deformable groups, k1 = 5
+    residual blocks of feature extraction and k2 = 40 of reconstruction.
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> MEGANConfig:
-        """Rebuild a configuration, refusing fields this version does not know."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise StvsrError(
-                f"unknown MEGAN configuration fields {unknown}: the weights were made by a newer stvsr; upgrade stvsr"
+    Scales as MEGAN's: 4x in space (two x2 PixelShuffle stages), and 2x in
+    time: `input_frames` (n + 1) LR frames give 2n + 1 HR frames.
+    """
+
+    network: ClassVar[str] = "zsm"
+    title: ClassVar[str] = "Zooming Slow-Mo"
+
+    channels: int = 64  # nf, the width of every feature map
+    input_frames: int = 4  # n + 1 LR frames in, 2n + 1 HR frames out
+    deformable_groups: int = 8
+    extraction_blocks: int = 5  # k1: residual blocks of feature extraction (sec. 3.1)
+    residual_blocks: int = 40  # k2: residual blocks of frame reconstruction (sec. 3.4)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.channels < 1:
+            problems.append(f"channels must be positive (got {self.channels})")
+        if self.deformable_groups < 1 or self.channels % self.deformable_groups:
+            problems.append(
+                f"channels ({self.channels}) must be a multiple of deformable_groups ({self.deformable_groups})"
             )
-        if not all(isinstance(value, int) and not isinstance(value, bool) for value in values.values()):
-            raise StvsrError(f"MEGAN configuration values must be integers, got {values}")
-        return cls(**values)
-
-    @classmethod
-    def preset(cls, name: str) -> MEGANConfig:
-        try:
-            return PRESETS[name]
-        except KeyError:
-            raise StvsrError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+        if self.input_frames < 2:
+            problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
+        for name in ("extraction_blocks", "residual_blocks"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative (got {getattr(self, name)})")
+        if problems:
+            raise StvsrError("invalid Zooming Slow-Mo configuration: " + "; ".join(problems))
 
 
-PRESETS: dict[str, MEGANConfig] = {
+NetworkConfig = MEGANConfig | ZSMConfig
+CONFIGS: dict[str, type[NetworkConfig]] = {config.network: config for config in (MEGANConfig, ZSMConfig)}
+
+
+def config_from_dict(network: str, values: dict[str, Any]) -> NetworkConfig:
+    """The configuration of the network named `network` ("megan" or "zsm") from its fields."""
+    try:
+        kind = CONFIGS[network]
+    except KeyError:
+        raise StvsrError(
+            f"unknown network {network!r} (this stvsr knows {', '.join(CONFIGS)}): "
+            "the weights were made by a newer stvsr; upgrade stvsr"
+        ) from None
+    return kind.from_dict(values)
+
+
+def preset(name: str) -> NetworkConfig:
+    """The configuration of a named preset, of either network."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise StvsrError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+PRESETS: dict[str, NetworkConfig] = {
     # The paper's network: 10.5 M parameters against the reported 10.7 M.
     "paper": MEGANConfig(),
     # Half the width and half the depth, for machines without a GPU. It learns a
@@ -113,9 +192,11 @@ PRESETS: dict[str, MEGANConfig] = {
         fusion_blocks=1,
         residual_blocks=1,
     ),
+    # Zooming Slow-Mo as its authors trained and released it: 11.10 M parameters, as the paper reports.
+    "zsm": ZSMConfig(),
 }
 
 
-def preset_name(config: MEGANConfig) -> str | None:
+def preset_name(config: NetworkConfig) -> str | None:
     """The name of the preset `config` is, or None for other sizes."""
     return next((name for name, preset in PRESETS.items() if preset == config), None)

@@ -7,3 +7,7 @@ class StvsrError(Exception):
     The command line prints its message as a single line and exits non-zero;
     the message says what went wrong and what to do about it.
     """
+
+
+class WeightsError(StvsrError):
+    """A weights file that cannot be used, with the reason in words."""

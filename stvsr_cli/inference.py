@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import StvsrError
-from .megan import MEGAN
+from .networks import Network
 from .weights import load_model
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -52,7 +52,7 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 
 class Upscaler:
-    """Runs MEGAN on frames of any size.
+    """Runs the network (MEGAN or Zooming Slow-Mo) on frames of any size.
 
     Call it with a window of n + 1 LR frames, (B, n+1, 3, H, W) or
     (n+1, 3, H, W), as floats in [0, 1] or uint8 in [0, 255], on any device.
@@ -62,7 +62,7 @@ class Upscaler:
     precision runs under autocast, with the weights kept in fp32.
     """
 
-    def __init__(self, model: MEGAN, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(self, model: Network, device: str = "auto", precision: str = "auto") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()

@@ -154,10 +154,17 @@ class BidirectionalDeformableConvLSTM(nn.Module):
 
     The forward and backward passes share weights (as in ZSM), so they run as
     one batch of 2B sequences; a 1x1 convolution merges their hidden states.
+
+    `state_first` orders each blend's two features: (state, input) here, or
+    (input, state) as ZSM's released code has them, where the input sampled
+    towards the state comes first. Both compute the same function, with the
+    halves of the blend's 1x1 convolution swapped; `stvsr_cli.zsm` uses
+    ZSM's order, so that ZSM's released weights load by renaming alone.
     """
 
-    def __init__(self, channels: int, groups: int) -> None:
+    def __init__(self, channels: int, groups: int, state_first: bool = True) -> None:
         super().__init__()
+        self.state_first = state_first
         self.align_hidden = DeformableFeatureBlend(channels, groups)  # g^h, eqs. 7 and 9
         self.align_cell = DeformableFeatureBlend(channels, groups)  # g^c, eqs. 8 and 10
         self.step = ConvLSTMCell(channels)  # eq. 11
@@ -172,7 +179,10 @@ class BidirectionalDeformableConvLSTM(nn.Module):
         outputs = []
         for t in range(steps):
             x = sequences[:, t]
-            hidden, cell = self.step(x, self.align_hidden(hidden, x), self.align_cell(cell, x))
+            if self.state_first:
+                hidden, cell = self.step(x, self.align_hidden(hidden, x), self.align_cell(cell, x))
+            else:
+                hidden, cell = self.step(x, self.align_hidden(x, hidden), self.align_cell(x, cell))
             outputs.append(hidden)
         forward, backward = torch.stack(outputs, dim=1).split(batch)
         both = torch.cat([forward, backward.flip(1)], dim=2)  # (B, T, 2C, H, W)

@@ -1,4 +1,4 @@
-"""Training MEGAN: `train(TrainOptions(...))`, what `stvsr train` runs.
+"""Training MEGAN (or Zooming Slow-Mo): `train(TrainOptions(...))`, what `stvsr train` runs.
 
 The default recipe is the paper's (MEGAN sec. 4.1): Charbonnier loss with
 eps 1e-3, Adam, the learning rate annealed by a cosine from 1e-4 to 1e-7
@@ -6,7 +6,8 @@ over 20,000 iterations, batch 16, LR crops of 32x32 (HR 128x128); every
 value is an option. The paper gives no Adam betas, so PyTorch's defaults
 (0.9, 0.999) are used (Zooming Slow-Mo used (0.9, 0.99)). The loss is the
 mean, not the sum, of the per-pixel Charbonnier terms, so its size does not
-depend on the batch or the crop.
+depend on the batch or the crop. The same recipe trains Zooming Slow-Mo
+(`--preset zsm`, or `--init` with its released weights to fine-tune them).
 
 Choices made here:
 
@@ -52,15 +53,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from . import __version__
-from .config import MEGANConfig
+from .config import MEGANConfig, NetworkConfig, config_from_dict, preset
 from .data import BadData, TrainingSet, collate, open_source, validation_set
 from .errors import StvsrError
 from .frames import SCALE, make_lr
 from .inference import Upscaler, resolve_device, resolve_precision
-from .megan import MEGAN
+from .networks import Network, build_network
 from .metrics import psnr_y
 from .runlog import RunLog, progress_bar
-from .weights import clean_state_dict, load_state_strict, read_weights, save_weights, write_atomically
+from .weights import clean_state_dict, load_state_strict, open_weights, save_weights, write_atomically
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
@@ -133,7 +134,7 @@ class TrainResult:
     loss: float | None  # mean training loss of the last logging interval
     best_psnr: float | None  # best validation PSNR-Y in dB, if validated
     skipped_steps: int  # steps skipped for a non-finite loss or gradient
-    model: MEGAN  # the trained network (on the training device, in eval mode)
+    model: Network  # the trained network (on the training device, in eval mode)
 
 
 def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
@@ -142,7 +143,7 @@ def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor
 
 
 def train(options: TrainOptions) -> TrainResult:
-    """Train MEGAN as `options` say; see the module docstring for the recipe."""
+    """Train the network as `options` say; see the module docstring for the recipe."""
     options.check()
     rank, world, device, started_here = _start_processes(options.device)
     try:
@@ -169,19 +170,22 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
         console.print(f"validation: {len(windows)} windows from {', '.join(map(str, options.val))}")
 
     # The network, optimiser and schedule, fresh or as the checkpoint left them.
-    state = None
+    initial = None
     if checkpoint is not None:
-        config = MEGANConfig.from_dict(checkpoint["config"])
+        config = config_from_dict(checkpoint.get("network", "megan"), checkpoint["config"])
     elif options.init is not None:
-        config, state = read_weights(options.init)
+        initial = open_weights(options.init)
+        config = initial.config
     else:
-        config = MEGANConfig.preset(options.preset or "paper")
+        config = preset(options.preset or "paper")
     if checkpoint is None and options.motion_prior is not None:
+        if not isinstance(config, MEGANConfig):
+            raise StvsrError(f"--motion-prior is MEGAN's; the {config.title} network has none, so drop the option")
         config = dataclasses.replace(config, motion_prior=MOTION_PRIORS[options.motion_prior])
     torch.manual_seed(options.seed)
-    model = MEGAN(config)
-    if state is not None:
-        load_state_strict(model, state, source=str(options.init))
+    model = build_network(config)
+    if initial is not None:
+        initial.load_into(model, options.init)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=tuple(options.betas))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.iters, eta_min=options.lr_min)
@@ -317,7 +321,7 @@ def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, 
     return loss_value, applied
 
 
-def validate(model: MEGAN, windows: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
+def validate(model: Network, windows: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
              world: int = 1) -> float:
     """Mean PSNR-Y over the windows' 7 output frames; the processes share the windows.
 
@@ -339,12 +343,13 @@ def validate(model: MEGAN, windows: list[Tensor], device: torch.device, precisio
     return float(total[0] / total[1])
 
 
-def save_checkpoint(path: Path, model: MEGAN, optimizer, schedule, scaler, step: int, best: float | None,
+def save_checkpoint(path: Path, model: Network, optimizer, schedule, scaler, step: int, best: float | None,
                     skipped: int, interval: list, rng: list[dict], options: TrainOptions) -> None:
     """Everything `--resume` needs, written atomically (read back with `torch.load(weights_only=True)`)."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "stvsr_version": __version__,
+        "network": model.config.network,
         "config": model.config.to_dict(),
         "model": clean_state_dict(model.state_dict()),
         "optimizer": optimizer.state_dict(),
@@ -460,8 +465,9 @@ def _describe(options: TrainOptions, checkpoint: dict | None) -> str:
     return f"preset {options.preset or 'paper'}"
 
 
-def _write_options(run_dir: Path, options: TrainOptions, config: MEGANConfig) -> None:
+def _write_options(run_dir: Path, options: TrainOptions, config: NetworkConfig) -> None:
     values = {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if k in ("data", "val") else v)
               for k, v in dataclasses.asdict(options).items()}
-    text = json.dumps({"stvsr_version": __version__, "options": values, "network": config.to_dict()}, indent=2)
+    text = json.dumps({"stvsr_version": __version__, "options": values, "network": config.to_dict(),
+                       "network_name": config.network}, indent=2)
     write_atomically(run_dir / "options.json", lambda temporary: temporary.write_text(text + "\n"))

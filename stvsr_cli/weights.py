@@ -1,9 +1,19 @@
 """Weights files: safetensors with the network configuration in the metadata.
 
-A weights file alone rebuilds its network. Pickled PyTorch checkpoints
-(`.pt`, `.pth`) are read only through `torch.load(weights_only=True)`, which
-refuses anything but tensors and plain containers: loading a file never runs
-code from it.
+A weights file alone rebuilds its network. Its metadata holds "format"
+(always "stvsr-megan", the layout's name since the first release, whichever
+the network), "network" ("megan" or "zsm"; files written before Zooming
+Slow-Mo was added have none and are MEGAN), "config" (the configuration as
+JSON), "preset", "trained", "stvsr_version" and "description".
+
+Three layouts load (`open_weights`): stvsr's safetensors files; stvsr's
+training checkpoints (a dict with "config" and "model"); and Zooming
+Slow-Mo's released weights, a bare state dict recognised from its names
+(`stvsr_cli.zsm_weights`), in a .pth or in a safetensors file without
+stvsr's metadata. `convert_weights` rewrites any of them as stvsr's
+safetensors. Pickled PyTorch files (`.pt`, `.pth`) are read only through
+`torch.load(weights_only=True)`, which refuses anything but tensors and
+plain containers: loading a file never runs code from it.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import json
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,23 +32,22 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from . import __version__
-from .config import MEGANConfig, preset_name
-from .errors import StvsrError
-from .megan import MEGAN
+from .config import NetworkConfig, config_from_dict, preset_name
+from .errors import StvsrError, WeightsError
+from .networks import Network, build_network
+from .zsm_weights import SIGNATURE as ZSM_SIGNATURE
+from .zsm_weights import from_zsm_state, is_zsm_layout
 
-FORMAT = "stvsr-megan"
-DEFAULT_WEIGHTS = "default.safetensors"  # the "format" entry of a weights file's metadata
+FORMAT = "stvsr-megan"  # the "format" entry of a weights file's metadata
+ZSM_LAYOUT = "Zooming Slow-Mo weights"
+DEFAULT_WEIGHTS = "default.safetensors"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default container
 _PICKLE_MAGIC = b"\x80"  # torch.save's legacy container starts with a pickle protocol opcode
 
 
-class WeightsError(StvsrError):
-    """A weights file that cannot be used, with the reason in words."""
-
-
 def save_weights(
-    model: MEGAN,
+    model: Network,
     path: str | os.PathLike,
     dtype: torch.dtype | None = None,
     *,
@@ -58,6 +68,7 @@ def save_weights(
     }
     metadata = {
         "format": FORMAT,
+        "network": model.config.network,
         "config": json.dumps(model.config.to_dict()),
         "preset": preset_name(model.config) or "custom",
         "stvsr_version": __version__,
@@ -116,8 +127,26 @@ def is_untrained(path: str | os.PathLike) -> bool:
     return weights_metadata(path).get("trained") == "no"
 
 
-def read_weights(path: str | os.PathLike) -> tuple[MEGANConfig, dict[str, Tensor]]:
-    """The configuration and state dict stored in a weights file or checkpoint."""
+@dataclass(frozen=True)
+class Weights:
+    """What a weights file holds, whatever its layout."""
+
+    config: NetworkConfig
+    state: dict[str, Tensor]  # under stvsr's names
+    layout: str  # in words, e.g. "Zooming Slow-Mo weights"
+    metadata: dict[str, str]  # a stvsr safetensors file's ({} for the other layouts)
+
+    def load_into(self, model: nn.Module, path: str | os.PathLike) -> None:
+        """Load the state strictly into `model`, a network built from `config`."""
+        hint = (
+            "Is it a complete checkpoint of the released Zooming Slow-Mo architecture?" if self.layout == ZSM_LAYOUT
+            else "Was it saved by a different version of stvsr?"
+        )
+        load_state_strict(model, self.state, source=f"{path} ({self.layout})", hint=hint)
+
+
+def open_weights(path: str | os.PathLike) -> Weights:
+    """The configuration and state dict in a weights file of any layout stvsr loads."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; pass --weights with the path of a .safetensors file")
@@ -131,12 +160,47 @@ def read_weights(path: str | os.PathLike) -> tuple[MEGANConfig, dict[str, Tensor
     return _read_safetensors(path)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> MEGAN:
+def read_weights(path: str | os.PathLike) -> tuple[NetworkConfig, dict[str, Tensor]]:
+    """The configuration and state dict stored in a weights file or checkpoint."""
+    weights = open_weights(path)
+    return weights.config, weights.state
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Network:
     """Build the network a weights file describes and load its weights, in eval mode."""
-    config, state = read_weights(path)
-    model = MEGAN(config)
-    load_state_strict(model, state, source=str(path))
-    return model.to(device).eval()
+    return _build_and_load(open_weights(path), path).to(device).eval()
+
+
+def convert_weights(source: str | os.PathLike, destination: str | os.PathLike, *, overwrite: bool = False) -> Network:
+    """Rewrite weights of any layout stvsr loads as a stvsr safetensors file.
+
+    The result carries its network's configuration and holds nothing but
+    tensors, so it is safe to share and loads without unpickling anything.
+    The tensors are checked by loading them into their network first, and
+    keep their values and precision (a float16 file stays float16); the
+    description and trained flag of a stvsr file are kept, so converting a
+    converted file gives the same file again. Returns the loaded network.
+    """
+    destination = Path(destination)
+    if destination.suffix != ".safetensors":
+        raise WeightsError(f"{destination}: the converted weights are a safetensors file; name it *.safetensors")
+    if destination.exists() and not overwrite:
+        raise WeightsError(f"{destination} exists; add --overwrite to replace it")
+    weights = open_weights(source)
+    model = _build_and_load(weights, source)
+    floating = {t.dtype for t in weights.state.values() if t.is_floating_point()}
+    description = weights.metadata.get("description") or (
+        f"{weights.layout}, converted from {Path(source).name} by stvsr {__version__}"
+    )
+    save_weights(model, destination, dtype=floating.pop() if len(floating) == 1 else None,
+                 trained=weights.metadata.get("trained") != "no", description=description)
+    return model.eval()
+
+
+def _build_and_load(weights: Weights, path: str | os.PathLike) -> Network:
+    model = build_network(weights.config)
+    weights.load_into(model, path)
+    return model
 
 
 def clean_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -149,7 +213,12 @@ def clean_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return cleaned
 
 
-def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str = "the weights") -> None:
+def load_state_strict(
+    model: nn.Module,
+    state: dict[str, Tensor],
+    source: str = "the weights",
+    hint: str = "Was it saved by a different version of stvsr?",
+) -> None:
     """Load `state` into `model`, or say in words which names and shapes do not match."""
     state = clean_state_dict(state)
     expected = model.state_dict()
@@ -169,7 +238,7 @@ def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str = 
         raise WeightsError(
             f"{source} does not match the network its configuration describes: "
             + "; ".join(problems)
-            + ". Was it saved by a different version of stvsr?"
+            + f". {hint}"
         )
     model.load_state_dict(state, strict=True)
 
@@ -179,24 +248,34 @@ def _listing(names: list[str], shown: int = 5) -> str:
     return f"{len(names)} ({', '.join(names[:shown])}{more})"
 
 
-def _read_safetensors(path: Path) -> tuple[MEGANConfig, dict[str, Tensor]]:
-    not_weights = f"{path} is not a stvsr weights file (expected .safetensors written by stvsr, or a PyTorch checkpoint)"
+def _read_safetensors(path: Path) -> Weights:
+    not_weights = (
+        f"{path} is not a stvsr weights file (expected .safetensors written by stvsr, Zooming Slow-Mo's "
+        "released weights, or a PyTorch checkpoint)"
+    )
     try:
         with safe_open(path, framework="pt") as file:
             metadata = file.metadata() or {}
-            if metadata.get("format") != FORMAT or "config" not in metadata:
-                raise WeightsError(f"{not_weights}: its metadata has no {FORMAT} network configuration")
+            ours = metadata.get("format") == FORMAT and "config" in metadata
+            if not ours and not is_zsm_layout(clean_state_dict(dict.fromkeys(file.keys()))):
+                raise WeightsError(
+                    f"{not_weights}: its metadata has no {FORMAT} network configuration, "
+                    f"and its tensor names are not Zooming Slow-Mo's ({', '.join(ZSM_SIGNATURE[:2])}, ...)"
+                )
             state = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"{not_weights}: {_first_line(error)}") from error
+    if not ours:
+        config, state = from_zsm_state(clean_state_dict(state), str(path))
+        return Weights(config, state, ZSM_LAYOUT, {})
     try:
         config = json.loads(metadata["config"])
     except json.JSONDecodeError as error:
         raise WeightsError(f"{path} has a damaged network configuration: {error}") from error
-    return _parse_config(config, path), state
+    return Weights(_parse_config(metadata.get("network", "megan"), config, path), state, "stvsr weights", metadata)
 
 
-def _read_checkpoint(path: Path) -> tuple[MEGANConfig, dict[str, Tensor]]:
+def _read_checkpoint(path: Path) -> Weights:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
@@ -204,22 +283,34 @@ def _read_checkpoint(path: Path) -> tuple[MEGANConfig, dict[str, Tensor]]:
             f"{path} is not a readable PyTorch checkpoint of plain tensors "
             f"(stvsr never unpickles arbitrary objects): {_first_line(error)}"
         ) from error
-    state = None
     if isinstance(checkpoint, dict):
         state = next((checkpoint[key] for key in ("model", "state_dict") if isinstance(checkpoint.get(key), dict)), None)
-    if state is None or not isinstance(checkpoint.get("config"), dict):
-        raise WeightsError(
-            f"{path} is a PyTorch checkpoint without the 'config' and 'model' entries stvsr writes, "
-            "so the network cannot be rebuilt from it"
-        )
-    return _parse_config(checkpoint["config"], path), state
+        if state is not None and isinstance(checkpoint.get("config"), dict):  # stvsr's training checkpoint
+            config = _parse_config(checkpoint.get("network", "megan"), checkpoint["config"], path)
+            return Weights(config, state, "stvsr checkpoint", {})
+        # Zooming Slow-Mo's: a bare state dict (or one wrapped as {"state_dict": ...})
+        state = state if state is not None else checkpoint
+        if all(isinstance(name, str) and isinstance(t, Tensor) for name, t in state.items()):
+            state = clean_state_dict(state)
+            if is_zsm_layout(state):
+                config, state = from_zsm_state(state, str(path))
+                return Weights(config, state, ZSM_LAYOUT, {})
+    if isinstance(checkpoint, dict) and checkpoint:
+        found = f"; its first names are {', '.join(map(str, list(checkpoint)[:3]))}"
+    else:
+        found = f"; it holds {'an empty dict' if isinstance(checkpoint, dict) else 'a ' + type(checkpoint).__name__}"
+    raise WeightsError(
+        f"{path} is a PyTorch checkpoint in no layout stvsr knows: expected a stvsr checkpoint (with the "
+        f"'config' and 'model' entries stvsr writes) or Zooming Slow-Mo's released state dict "
+        f"({', '.join(ZSM_SIGNATURE[:2])}, ...){found}"
+    )
 
 
-def _parse_config(values: object, path: Path) -> MEGANConfig:
+def _parse_config(network: str, values: object, path: Path) -> NetworkConfig:
     if not isinstance(values, dict):
         raise WeightsError(f"{path} has a damaged network configuration: {values!r}")
     try:
-        return MEGANConfig.from_dict(values)
+        return config_from_dict(network, values)
     except StvsrError as error:
         raise WeightsError(f"{path}: {error}") from error
 

@@ -96,7 +96,7 @@ def test_unexpected_errors_are_one_line_too(runner, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("stvsr_cli.cli.MEGAN", explode)
+    monkeypatch.setattr("stvsr_cli.cli.build_network", explode)
     result = runner.invoke(main, ["info", "--preset", "tiny"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
@@ -108,7 +108,7 @@ def test_ctrl_c_exits_130(runner, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("stvsr_cli.cli.MEGAN", interrupt)
+    monkeypatch.setattr("stvsr_cli.cli.build_network", interrupt)
     result = runner.invoke(main, ["info", "--preset", "tiny"])
     assert result.exit_code == 130
     assert "interrupted" in result.output

@@ -73,6 +73,25 @@ def test_deformable_conv_integer_offset_shifts_the_sampling():
     torch.testing.assert_close(layer(x, torch.zeros(1, 4, 10, 7))[:, :, 1:-2], expected[:, :, 1:-2], rtol=1e-4, atol=1e-4)
 
 
+def test_deformable_conv_reads_offsets_group_by_group_as_dcnv2_does():
+    """DCNv2's DCN_sep (EDVR, Zooming Slow-Mo) and torchvision lay the 27 G
+    channels of the offset head out as offsets (group, tap, (dy, dx)), then
+    masks (group, tap): group 0's channels move group 0's input channels only."""
+    layer = ModulatedDeformConv(4, offset_channels=4, groups=2)
+    with torch.no_grad():
+        bias = torch.zeros(2 * 27)
+        bias[0:18:2] = 1.0  # group 0: dy = +1 on all 9 taps
+        bias[18 + 1:36:2] = 1.0  # group 1: dx = +1 on all 9 taps
+        bias[36:] = 30.0  # masks ~1
+        layer.offset_mask.bias.copy_(bias)
+    x = torch.randn(1, 4, 10, 9)
+    down = F.pad(x[:, :2, 1:], (0, 0, 0, 1))  # input channels 0, 1 (group 0) one row down
+    right = F.pad(x[:, 2:, :, 1:], (0, 1))  # channels 2, 3 (group 1) one column right
+    expected = F.conv2d(torch.cat([down, right], 1), layer.conv.weight, layer.conv.bias, padding=1)
+    out = layer(x, torch.zeros(1, 4, 10, 9))
+    torch.testing.assert_close(out[:, :, 1:-2, 1:-2], expected[:, :, 1:-2, 1:-2], rtol=1e-4, atol=1e-4)
+
+
 def test_pyramid_and_pcd_shapes():
     pyramid = FeaturePyramid(8)
     levels = pyramid(torch.randn(3, 8, 16, 24))

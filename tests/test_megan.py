@@ -152,7 +152,10 @@ def test_config_validation_is_in_words():
 
 def test_config_round_trips_through_a_dict():
     for config in PRESETS.values():
-        assert MEGANConfig.from_dict(config.to_dict()) == config
+        assert type(config).from_dict(config.to_dict()) == config
+    assert MEGANConfig.preset("paper") == PRESETS["paper"]
+    with pytest.raises(StvsrError, match="preset 'zsm' is a Zooming Slow-Mo network, not MEGAN"):
+        MEGANConfig.preset("zsm")
     with pytest.raises(StvsrError, match="newer stvsr"):
         MEGANConfig.from_dict({**PRESETS["tiny"].to_dict(), "wings": 2})
 

@@ -73,7 +73,7 @@ def test_pickle_with_code_is_refused_not_run(tmp_path):
 def test_checkpoint_without_config_is_refused(tmp_path, tiny_model):
     path = tmp_path / "bare.pth"
     torch.save(tiny_model.state_dict(), path)
-    with pytest.raises(WeightsError, match="without the 'config' and 'model' entries"):
+    with pytest.raises(WeightsError, match="no layout stvsr knows: expected a stvsr checkpoint \\(with the 'config'"):
         read_weights(path)
 
 
@@ -100,7 +100,7 @@ def test_truncated_weights_file_is_refused(weights_file):
 def test_safetensors_from_elsewhere_is_refused(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"weight": torch.zeros(3)}, path)
-    with pytest.raises(WeightsError, match="no stvsr-megan network configuration"):
+    with pytest.raises(WeightsError, match="no stvsr-megan network configuration, and its tensor names are not Zoom"):
         read_weights(path)
 
 

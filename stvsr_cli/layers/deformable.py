@@ -28,7 +28,9 @@ class ModulatedDeformConv(nn.Module):
         super().__init__()
         self.groups = groups
         self.conv = conv3x3(channels, channels)  # holds the weight and bias that deform_conv2d applies
-        self.offset_mask = conv3x3(offset_channels, 3 * groups * 9)  # (dy, dx, mask) per group and tap
+        # offsets (G, 9 taps, (dy, dx)), then masks (G, 9 taps): the channel layout of DCNv2's DCN_sep
+        # (EDVR, ZSM) and of torchvision's deform_conv2d, so their trained offset heads load as they are
+        self.offset_mask = conv3x3(offset_channels, 3 * groups * 9)
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
 

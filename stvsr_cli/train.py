@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -60,7 +61,16 @@ from .inference import Upscaler, resolve_device, resolve_precision
 from .megan import MEGAN
 from .metrics import psnr_y
 from .runlog import RunLog, progress_bar
-from .weights import clean_state_dict, load_state_strict, read_weights, save_weights, write_atomically
+from .weights import (
+    clean_state_dict,
+    load_state_strict,
+    read_checkpoint,
+    read_weights,
+    save_weights,
+    write_atomically,
+)
+
+log = logging.getLogger("stvsr")
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
@@ -361,10 +371,10 @@ def save_checkpoint(path: Path, model: MEGAN, optimizer, schedule, scaler, step:
 
 
 def load_checkpoint(path: Path) -> dict:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a damaged file
-        raise StvsrError(f"{path} is not a readable checkpoint ({str(error).splitlines()[0]})") from None
+    if path.stat().st_size == 0:
+        raise StvsrError(f"{path} is empty (0 bytes), so the run cannot be resumed from it; start a new run in "
+                         f"another --out folder (with --init {path.parent / 'best.safetensors'} if there is one)")
+    checkpoint = read_checkpoint(path)  # a WeightsError, in words, when it is not a checkpoint at all
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise StvsrError(f"{path} is not a stvsr training checkpoint")
     return checkpoint

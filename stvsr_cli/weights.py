@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -121,6 +122,9 @@ def read_weights(path: str | os.PathLike) -> tuple[MEGANConfig, dict[str, Tensor
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; pass --weights with the path of a .safetensors file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes), so it is not a stvsr weights file; "
+                           "was its copy or download cut short?")
     with path.open("rb") as file:
         head = file.read(9)
     # safetensors: an 8-byte little-endian header length, then a JSON header.
@@ -196,14 +200,26 @@ def _read_safetensors(path: Path) -> tuple[MEGANConfig, dict[str, Tensor]]:
     return _parse_config(config, path), state
 
 
-def _read_checkpoint(path: Path) -> tuple[MEGANConfig, dict[str, Tensor]]:
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """`torch.load(weights_only=True)` of a pickled checkpoint, whatever its
+    name: given a path, torch.load reads a file named `.safetensors` as
+    safetensors, and fails on a pickle that is named so; given the open
+    file, it looks at the content. Raises WeightsError for anything else."""
+    path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        # torch warns about pickle protocols it may not read; the error, if any, says it in one line
+        with path.open("rb") as file, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, SafetensorError) as error:
         raise WeightsError(
             f"{path} is not a readable PyTorch checkpoint of plain tensors "
             f"(stvsr never unpickles arbitrary objects): {_first_line(error)}"
         ) from error
+
+
+def _read_checkpoint(path: Path) -> tuple[MEGANConfig, dict[str, Tensor]]:
+    checkpoint = read_checkpoint(path)
     state = None
     if isinstance(checkpoint, dict):
         state = next((checkpoint[key] for key in ("model", "state_dict") if isinstance(checkpoint.get(key), dict)), None)

@@ -58,9 +58,24 @@ def test_bad_weights_file_gives_one_line_and_no_traceback(runner, tmp_path):
     path.write_bytes(b"definitely not weights")
     result = runner.invoke(main, ["info", "--weights", str(path)])
     assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stvsr: error:") and "not a stvsr weights file" in lines[0]
-    assert "Traceback" not in result.output
+    assert result.output.startswith("stvsr: error:") and result.output.count("\n") == 1  # no blank line before it
+    assert "not a stvsr weights file" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("save", ["zip", "legacy", "pickle"])
+def test_a_pickle_named_safetensors_gets_the_same_clean_line(runner, tmp_path, save):
+    """torch.load reads a `.safetensors` name as safetensors, whatever the content."""
+    import pickle
+
+    path = tmp_path / "weights.safetensors"
+    if save == "pickle":
+        path.write_bytes(pickle.dumps({"model": 1}))
+    else:
+        torch.save({"model": torch.zeros(3)}, path, _use_new_zipfile_serialization=save == "zip")
+    result = runner.invoke(main, ["info", "--weights", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("stvsr: error:") and result.output.count("\n") == 1, result.output
+    assert "unexpected" not in result.output and "stvsr" in result.output.split("error:", 1)[1]
 
 
 @pytest.mark.parametrize("where", ["group", "command"])

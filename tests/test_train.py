@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -214,3 +215,18 @@ def test_two_processes_with_ddp_keep_identical_weights(tmp_path):
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+
+
+def test_an_empty_checkpoint_or_weights_file_is_one_clean_line(tmp_path):
+    data = make_layout("clips", tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for args in (["--out", str(run), "--resume", "--preset", "tiny"], ["--out", str(tmp_path / "new"), "--init",
+                                                                      str(tmp_path / "empty.pt")]):
+        result = CliRunner().invoke(main, ["train", str(data), *args, "--iters", "2", "--crop", str(CROP),
+                                           "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines()[-1].startswith("stvsr: error: ") and "is empty (0 bytes)" in result.output
+        assert "unexpected" not in result.output

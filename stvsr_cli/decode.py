@@ -147,6 +147,7 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
     """
     reformatter = VideoReformatter()
     slot = repeated = dropped = decoded = jumps = 0
+    irregular_at: int | None = None  # the decoded frame at which the first repeat or drop happened
     origin: Fraction | None = None
     last_time: Fraction | None = None
     previous: np.ndarray | None = None
@@ -167,6 +168,8 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
                     origin = time - slot / info.fps
                 last_time = time
                 target = math.floor((time - origin) * info.fps + Fraction(1, 2))
+            if target != slot and irregular_at is None:
+                irregular_at = decoded
             if target < slot:
                 dropped += 1
                 continue
@@ -183,11 +186,6 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
             f"{info.path}: no frames could be decoded; the video stream is empty or damaged, "
             "check that the file plays in a video player"
         )
-    if repeated or dropped:
-        log.warning(
-            "%s has a variable frame rate; made it constant at %s fps by repeating %d and dropping %d frames",
-            info.path, f"{float(info.fps):.5g}", repeated, dropped,
-        )
     # After a clock jump the declared length, which the demuxer derives from
     # the first and last timestamps, no longer measures the video.
     if expected is not None and not jumps and expected - slot > max(2, expected / 100):
@@ -195,6 +193,21 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
             f"{info.path} looks truncated: decoded {slot} of {expected} frames; copy or download it again, "
             f'or to upscale what is there, re-mux it first: ffmpeg -i "{info.path}" -c copy fixed.mkv'
         )
+    # A file cut short (or damaged at its end) loses the frames that
+    # reordering shows just before the last ones that decode: gaps there are
+    # no sign of a variable frame rate, only of the ending.
+    if irregular_at is not None and irregular_at <= decoded - _REORDERED_TAIL:
+        log.warning(
+            "%s has a variable frame rate; made it constant at %s fps by repeating %d and dropping %d frames",
+            info.path, f"{float(info.fps):.5g}", repeated, dropped,
+        )
+
+
+# The last frames a cut can leave after a gap: the reference frames that B
+# frames are shown between (x264's default B pyramid holds back two), and the
+# frame after them. Cutting x264 files at 30% to 90% of their length made
+# gaps only there (in MKV and MPEG-TS).
+_REORDERED_TAIL = 3
 
 
 # A forward leap longer than this, in a container whose clock may jump, is a

@@ -76,6 +76,12 @@ class VideoInfo:
     audio in sync. `rotation` is the display rotation in degrees,
     counterclockwise as PyAV reports it (90 means turn the coded picture a
     quarter turn counterclockwise to show it; 0, 90, 180 or -90).
+
+    What the upscale cannot carry over, so that the encoder can say so or
+    keep it: `alpha`, whether the frames have an alpha channel (the network
+    sees RGB only); `interlaced`, the field order of interlaced video ('top
+    field first' ...) or None for progressive; `timecode`, the start
+    timecode ('01:00:00:12', ';' before the frames for drop-frame) or None.
     """
 
     path: Path
@@ -92,6 +98,9 @@ class VideoInfo:
     rotation: int
     audio_codecs: tuple[str, ...]
     subtitle_codecs: tuple[str, ...]
+    alpha: bool = False
+    interlaced: str | None = None
+    timecode: str | None = None
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -130,6 +139,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             rotation=_rotation(first),
             audio_codecs=tuple(_codec_name(s) for s in container.streams.audio),
             subtitle_codecs=tuple(_codec_name(s) for s in container.streams.subtitles),
+            alpha=_has_alpha(source.format, stream),
+            interlaced=_interlaced(stream, first),
+            timecode=_timecode(container, stream),
         )
 
 
@@ -367,6 +379,36 @@ def _start_time(
         return 0.0
     container_start = container.start_time / av.time_base if container.start_time is not None else video_start
     return max(0.0, video_start - container_start)
+
+
+def _has_alpha(format: av.VideoFormat, stream: av.video.stream.VideoStream) -> bool:
+    """An alpha plane in the pixel format, or VP8/VP9 alpha in Matroska,
+    which travels beside the picture (the alpha_mode tag) where ffmpeg's
+    own decoder does not see it."""
+    tagged = any(stream.metadata.get(key) == "1" for key in ("alpha_mode", "ALPHA_MODE"))
+    return tagged or any(component.is_alpha for component in format.components)
+
+
+# AVFieldOrder values of interlaced video, as ffprobe words them.
+_FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field first", 5: "bottom field first"}
+
+
+def _interlaced(stream: av.video.stream.VideoStream, first: av.VideoFrame | None) -> str | None:
+    order = _FIELD_ORDERS.get(stream.codec_context.field_order)
+    if order is None and first is not None and first.interlaced_frame:
+        order = "interlaced"  # coded as fields, field order not stated
+    return order
+
+
+def _timecode(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> str | None:
+    """The start timecode: a tag of the video stream (Matroska, MOV), of a
+    QuickTime timecode track (a data stream) or of the file (MXF, AVI)."""
+    sources = [stream.metadata, *(s.metadata for s in container.streams.data), container.metadata]
+    for metadata in sources:
+        for key in ("timecode", "TIMECODE"):
+            if metadata.get(key):
+                return metadata[key]
+    return None
 
 
 def _rotation(first: av.VideoFrame | None) -> int:

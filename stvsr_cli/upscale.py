@@ -11,9 +11,10 @@ The middle stage is the one `stvsr eval` runs too, so what eval scores is
 what upscale writes.
 
 Everything that can be checked before work starts is checked first (input,
-output path, codec, weights), so a bad option fails in a second, not after
-an hour. Any failure, or Ctrl-C, aborts the encoder, which removes its
-temporary file: OUTPUT appears complete or not at all.
+output path, codec, weights, one frame through the encoder), so a bad
+option fails in a second, not after an hour. Any failure, or Ctrl-C, aborts
+the encoder, which removes its temporary file: OUTPUT appears complete or
+not at all.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ import torch
 from torch import Tensor
 
 from .decode import VideoInfo, decode, probe
-from .encode import EncodeOptions, check_encoder, check_output, open_writer
+from .encode import (
+    EncodeOptions,
+    check_encoder,
+    check_output,
+    open_writer,
+    remove_leftovers,
+    try_encoder,
+)
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
@@ -95,12 +103,14 @@ def upscale_video(
     check_output(input, output, overwrite=options.overwrite)
     check_encoder(options.encode, output)
     check_run_options(options.tile, options.tile_overlap, options.batch)
+    remove_leftovers(output)
     if upscaler is None:
         upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
 
     scale = upscaler.scale
     size = (info.width * scale, info.height * scale)
     fps = info.fps * 2
+    try_encoder(output, info, width=size[0], height=size[1], fps=fps, options=options.encode)
     total = 2 * info.frame_count if info.frame_count else None
     pipeline = _Pipeline(info, upscaler, options)
     if progress:

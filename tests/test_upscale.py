@@ -1,5 +1,6 @@
 """`stvsr upscale` end to end: generated videos, the tiny preset, the CPU."""
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -235,3 +236,14 @@ def test_a_failure_midway_leaves_no_output(tmp_path, weights, monkeypatch, failu
     assert code == (130 if isinstance(failure, KeyboardInterrupt) else 1)
     assert output.strip().splitlines()[-1] in ("stvsr: interrupted",) or "RuntimeError: boom" in output
     assert leftovers(tmp_path, before) == set()
+
+
+def test_a_hardware_encoder_that_cannot_run_fails_before_any_decoding(tmp_path, weights, monkeypatch):
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("NVENC may work on a machine with an NVIDIA GPU")
+    video = make_video(tmp_path / "in.mp4", frames=4)
+    decoded = []
+    monkeypatch.setattr("stvsr_cli.upscale.decode", lambda info: decoded.append(info) or iter(()))
+    line = bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4"), "--codec", "h264_nvenc"])
+    assert line.startswith("stvsr: error: h264_nvenc cannot encode out.mp4 here: ") and "GPU" in line
+    assert decoded == []

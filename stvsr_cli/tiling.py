@@ -74,6 +74,8 @@ def upscale_tiled(
     tile_w = width if tile <= 0 else min(tile, width)
     boxes = [(top, left) for top in tile_starts(height, tile_h, overlap) for left in tile_starts(width, tile_w, overlap)]
     if len(boxes) == 1:
+        if b <= batch:
+            return run(windows)  # no copy: a window's outputs are the largest thing a run holds
         return torch.cat([run(windows[i : i + batch]) for i in range(0, b, batch)])
 
     # (scale*tile_h, scale*tile_w) blend weights per box and their per-pixel sum
@@ -100,4 +102,4 @@ def upscale_tiled(
             rows = slice(scale * top, scale * (top + tile_h))
             cols = slice(scale * left, scale * (left + tile_w))
             output[index, :, :, rows, cols] += result * weights[box]
-    return output / weight_sum.to(output.device)
+    return output.div_(weight_sum.to(output.device))  # in place: no second copy of the outputs

@@ -1,6 +1,7 @@
 """`stvsr upscale` end to end: generated videos, the tiny preset, the CPU."""
 
 import os
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -247,3 +248,42 @@ def test_a_hardware_encoder_that_cannot_run_fails_before_any_decoding(tmp_path, 
     line = bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4"), "--codec", "h264_nvenc"])
     assert line.startswith("stvsr: error: h264_nvenc cannot encode out.mp4 here: ") and "GPU" in line
     assert decoded == []
+
+
+# --- memory ------------------------------------------------------------------------------------------
+
+
+def test_a_run_that_would_not_fit_in_memory_is_refused_up_front(tmp_path, weights, monkeypatch):
+    video = make_video(tmp_path / "in.mp4", frames=4, width=48, height=32)
+    monkeypatch.setattr("stvsr_cli.upscale.available_memory", lambda device: 120 << 20)
+    line = bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4"), "--batch", "4"])
+    needed = re.fullmatch(r"stvsr: error: upscaling 48x32 frames to 192x128 needs about (\d+) MB of memory "
+                          r"\(.+\), and 120 MB is free; (.+)", line)
+    assert needed and int(needed.group(1)) > 120, line
+    assert needed.group(2) == "use --batch 1, or scale the input down first", line
+    monkeypatch.setattr("stvsr_cli.upscale.available_memory", lambda device: 20 << 20)
+    assert bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4")]).endswith(
+        "run it on a machine with more memory")
+
+
+def test_the_memory_plan_counts_what_grows_with_the_frame(weights):
+    """An 8000x8000 frame allocated gigabytes and then failed with 'can't
+    allocate memory ... report it': the window outputs and the encoder grow
+    with the frame, which tiles do not bound."""
+    from stvsr_cli.decode import ColorInfo, VideoInfo
+    from stvsr_cli.upscale import memory_plan
+
+    def info(width: int, height: int) -> VideoInfo:
+        return VideoInfo(path=Path("in.mp4"), container="mp4", width=width, height=height, fps=Fraction(25),
+                         frame_count=1, duration=0.04, start_time=0.0, pix_fmt="yuv420p", bit_depth=8,
+                         color=ColorInfo("bt709", "tv", None, None, False), rotation=0, audio_codecs=(),
+                         subtitle_codecs=())
+
+    upscaler = Upscaler(MEGAN(PRESETS["small"]), device="cpu")
+    small, huge = (memory_plan(info(w, h), upscaler, UpscaleOptions()).host for w, h in ((640, 360), (8000, 8000)))
+    assert 1 << 30 < sum(small.values()) < 8 << 30  # 640x360: a few GB (2.7 when measured)
+    assert sum(huge.values()) > 200 << 30
+    outputs = next(size for name, size in huge.items() if name.startswith("window outputs"))
+    assert outputs == 2 * 7 * 3 * 4 * 32000 * 32000  # two windows of 7 float32 frames of 32000x32000
+    assert huge["the network"] == small["the network"]  # tiles bound the network itself
+    assert huge["decoded frames"] > 1 << 30 and huge["finished frames"] > 1 << 30

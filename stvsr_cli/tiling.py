@@ -23,12 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-# LR pixels. A tile of 160 is five of the network's 32x32 attention windows
-# across; at about 0.1 MB per LR pixel in fp32 (measured on CPU, paper
-# preset) one tile needs about 2.6 GB, so a 1080p-output run (LR 480x270,
-# 8 tiles) keeps well inside 8 GB of GPU memory in reduced precision.
-DEFAULT_TILE = 160
-DEFAULT_OVERLAP = 16
+from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE  # why 160 and 16: see there
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -1,6 +1,9 @@
 """The command line: help, version, and one-line errors."""
 
-import click
+import importlib.abc
+import subprocess
+import sys
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -95,10 +98,27 @@ def test_every_command_has_help_and_a_debug_flag(runner):
         assert "--debug" in result.output and "Example" in result.output, name
 
 
-def test_info_needs_exactly_one_source(runner):
+def test_info_alone_describes_the_shipped_weights(runner):
+    from stvsr_cli.weights import default_weights_path
+
     result = runner.invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    assert str(default_weights_path()) in result.output
+    assert "small" in result.output and f"{MEGAN(PRESETS['small']).num_parameters():,}" in result.output
+
+
+def test_info_takes_one_source_at_most(runner, tmp_path):
+    result = runner.invoke(main, ["info", "--preset", "tiny", "--weights", str(tmp_path / "x.safetensors")])
     assert result.exit_code == 1
-    assert "give exactly one of --preset or --weights" in result.output
+    assert "one of --preset or --weights" in result.output
+
+
+def test_info_shows_a_long_weights_file_name_whole(runner, tmp_path):
+    path = tmp_path / "a-rather-long-name-for-a-weights-file.safetensors"
+    save_weights(MEGAN(PRESETS["tiny"]), path)
+    result = runner.invoke(main, ["info", "--weights", str(path)], env={"COLUMNS": "60"}, terminal_width=60)
+    assert result.exit_code == 0, result.output
+    assert any(path.name in line for line in result.output.splitlines()), result.output  # not split mid-word
 
 
 def test_unknown_preset_is_a_usage_error(runner):
@@ -111,7 +131,7 @@ def test_unexpected_errors_are_one_line_too(runner, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("stvsr_cli.cli.MEGAN", explode)
+    monkeypatch.setattr("stvsr_cli.megan.MEGAN", explode)
     result = runner.invoke(main, ["info", "--preset", "tiny"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
@@ -123,7 +143,45 @@ def test_ctrl_c_exits_130(runner, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("stvsr_cli.cli.MEGAN", interrupt)
+    monkeypatch.setattr("stvsr_cli.megan.MEGAN", interrupt)
     result = runner.invoke(main, ["info", "--preset", "tiny"])
     assert result.exit_code == 130
-    assert "interrupted" in result.output
+    assert result.output == "stvsr: interrupted\n"
+
+
+def test_ctrl_c_while_a_command_loads_the_library_is_one_line(runner, monkeypatch):
+    """The first seconds of a command go to importing PyTorch and PyAV: Ctrl-C
+    there used to print a 20-line traceback."""
+
+    class CtrlCDuringImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "stvsr_cli.upscale":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "stvsr_cli.upscale", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCDuringImport(), *sys.meta_path])
+    result = runner.invoke(main, ["upscale", "in.mp4", "out.mp4"])
+    assert result.exit_code == 130
+    assert result.output == "stvsr: interrupted\n"
+
+
+def test_the_command_line_starts_without_pytorch():
+    """`stvsr --help` and `--version` answer without importing PyTorch, PyAV
+    or rich (seconds of start-up); the library's names still import."""
+    code = (
+        "import sys, stvsr_cli.cli; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'av', 'numpy', 'cv2', 'rich') if m in sys.modules)); "
+        "from stvsr_cli import MEGAN, PRESETS, Upscaler, save_weights, load_model; print(MEGAN.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.splitlines() == ["[]", "MEGAN"]
+
+
+def test_encoders_lists_the_encoders_of_the_ffmpeg_stvsr_runs(runner):
+    from stvsr_cli.encode import ffmpeg_exe
+
+    result = runner.invoke(main, ["encoders"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "libx264" in result.output and "libvpx-vp9" in result.output and "aac " not in result.output
+    assert ffmpeg_exe() in result.output.replace("\n", "")

@@ -2,6 +2,10 @@
 
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -60,6 +64,9 @@ def test_audio_is_kept_in_sync_and_odd_sizes_work(tmp_path, weights):
     code, output = upscale([str(source), str(tmp_path / "out.mkv")], weights)
     assert code == 0, output
     assert "Wrote" in output and "18 frames of 148x84 at 50 fps" in output
+    seconds, rate = re.search(r"in ([\d.]+) s \(([\d.]+) frames a second\)", output).groups()
+    seconds, rate = float(seconds), float(rate)  # the true average over the whole run, as rounded for print
+    assert 18 / (seconds + 0.05) - 0.005 <= rate <= 18 / (seconds - 0.05) + 0.005
     durations = stream_durations(tmp_path / "out.mkv")
     source_durations = stream_durations(source)
     assert abs(durations["video"] - source_durations["video"]) <= 1 / 50 + 1e-6
@@ -156,8 +163,8 @@ def bad(tmp_path: Path, weights: Path, args: list[str]) -> str:
     before = {p.name for p in tmp_path.iterdir()}
     code, output = upscale(args, weights)
     assert code == 1, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stvsr: error: "), output
+    lines = output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stvsr: error: "), repr(output)  # no blank line before it
     assert "Traceback" not in output
     assert leftovers(tmp_path, before) == set(), "a failed run left files behind"
     return lines[0]
@@ -287,3 +294,58 @@ def test_the_memory_plan_counts_what_grows_with_the_frame(weights):
     assert outputs == 2 * 7 * 3 * 4 * 32000 * 32000  # two windows of 7 float32 frames of 32000x32000
     assert huge["the network"] == small["the network"]  # tiles bound the network itself
     assert huge["decoded frames"] > 1 << 30 and huge["finished frames"] > 1 << 30
+
+
+# --- stopped from outside -----------------------------------------------------------------------------
+
+ROOT = Path(__file__).parent.parent
+
+
+def start_upscale(tmp_path: Path, weights: Path, output: Path, *, frames: int = 240) -> subprocess.Popen:
+    """`stvsr upscale` in a process of its own session (as `timeout` runs
+    it), once its encoder has started writing into the staging folder."""
+    source = make_video(tmp_path / "in.mp4", frames=frames, width=64, height=48, audio=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stvsr_cli", "upscale", str(source), str(output), "--weights", str(weights),
+         "--device", "cpu", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(p.is_file() and p.stat().st_size for p in output.parent.glob(f".{output.name}.stvsr-*/*")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the encoder never started"
+        time.sleep(0.02)
+    return process
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("name, whole_group", [("SIGTERM", True), ("SIGHUP", False)])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, weights, name, whole_group):
+    """`timeout` and `docker stop` send SIGTERM (timeout to the whole process
+    group, ffmpeg included), a closing terminal SIGHUP: the staging folder,
+    with its playable partial video, used to stay behind without a word."""
+    output = tmp_path / "out.mp4"
+    process = start_upscale(tmp_path, weights, output)
+    signum = getattr(signal, name)
+    (os.killpg if whole_group else os.kill)(process.pid, signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert stderr == f"stvsr: stopped by {name}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals and flock")
+def test_after_kill_9_the_next_run_into_the_same_output_removes_the_leftovers(tmp_path, weights):
+    output = tmp_path / "out.mp4"
+    process = start_upscale(tmp_path, weights, output)
+    process.kill()  # SIGKILL: nothing can clean up
+    process.communicate(timeout=60)
+    (staging,) = tmp_path.glob(".out.mp4.stvsr-*")
+    short = make_video(tmp_path / "short.mp4", frames=2)
+    code, text = upscale([str(short), str(output), "-q"], weights)
+    assert code == 0, text
+    assert f"removed {staging}, the unfinished output of an earlier run into out.mp4 that was killed" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "short.mp4"]
+    assert len(read_video(output)[0]) == 4

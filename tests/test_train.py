@@ -230,3 +230,27 @@ def test_an_empty_checkpoint_or_weights_file_is_one_clean_line(tmp_path):
         assert result.exit_code == 1, result.output
         assert result.output.splitlines()[-1].startswith("stvsr: error: ") and "is empty (0 bytes)" in result.output
         assert "unexpected" not in result.output
+
+
+def test_the_first_steps_measure_the_time_a_step_and_the_run(tmp_path, capsys, caplog, monkeypatch):
+    data = make_layout("clips", tmp_path)
+    monkeypatch.setattr("stvsr_cli.train._LONG_RUN", 0.0)  # as if the run would take more than a day
+    with caplog.at_level("WARNING", logger="stvsr"):
+        train(options([data], tmp_path / "run", preset="tiny", iters=5, quiet=False))
+    measured = re.search(r"([\d.]+) s a step \(measured over the first steps\); the (\d+) steps left take about",
+                         capsys.readouterr().err)
+    assert measured and float(measured.group(1)) > 0 and measured.group(2) == "1"  # after steps 2 to 4 of 5
+    assert [r.getMessage() for r in caplog.records if "on the CPU this run would take about" in r.getMessage()]
+
+
+def test_a_cpu_run_of_more_than_a_day_is_warned_about(caplog):
+    from rich.console import Console
+
+    from stvsr_cli.train import _report_pace
+
+    console = Console(quiet=True)
+    with caplog.at_level("WARNING", logger="stvsr"):
+        _report_pace(console, 5.0, 19_996, torch.device("cpu"))  # paper on a CPU: 28 hours
+        _report_pace(console, 5.0, 1_000, torch.device("cpu"))
+        _report_pace(console, 5.0, 19_996, torch.device("meta"))  # not a CPU: no warning
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == ["on the CPU this run would take about 1.2 days"]

@@ -14,20 +14,28 @@ runs, and `stvsr --help` answers at once.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import signal
 import sys
-from contextlib import contextmanager
-from pathlib import Path
 
-import click
+# Ctrl-C while the command line itself loads (a second or more on a busy
+# machine) would print a traceback from the middle of an import: the `stvsr`
+# script imports this module before any of its code can catch anything.
+try:
+    import json
+    import logging
+    import os
+    import signal
+    from contextlib import contextmanager
+    from pathlib import Path
 
-from . import __version__
-from .config import PRESETS
-from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_TILE
-from .errors import StvsrError
+    import click
+
+    from . import __version__
+    from .config import PRESETS
+    from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_TILE
+    from .errors import StvsrError
+except KeyboardInterrupt:
+    sys.stderr.write("stvsr: interrupted\n")
+    raise SystemExit(130) from None
 
 # Signals that stop a command from outside, as Ctrl-C does from the keyboard.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))

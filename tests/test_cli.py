@@ -1,8 +1,10 @@
 """The command line: help, version, and one-line errors."""
 
 import importlib.abc
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,11 @@ from click.testing import CliRunner
 from stvsr_cli import PRESETS, MEGAN, MEGANConfig, WeightsError, __version__, save_weights
 from stvsr_cli.weights import weights_metadata
 from stvsr_cli.cli import main
+
+
+# Subprocesses import this checkout's stvsr_cli, whatever is installed.
+ROOT_ON_PATH = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                            os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture
@@ -166,16 +173,41 @@ def test_ctrl_c_while_a_command_loads_the_library_is_one_line(runner, monkeypatc
     assert result.output == "stvsr: interrupted\n"
 
 
+def test_ctrl_c_while_the_command_line_itself_loads_is_one_line():
+    """The `stvsr` script imports the CLI before any of its code runs."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'stvsr_cli.defaults':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "import stvsr_cli.cli\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ROOT_ON_PATH)
+    assert (result.returncode, result.stderr) == (130, "stvsr: interrupted\n")
+
+
 def test_the_command_line_starts_without_pytorch():
     """`stvsr --help` and `--version` answer without importing PyTorch, PyAV
-    or rich (seconds of start-up); the library's names still import."""
+    or rich (seconds of start-up)."""
     code = (
         "import sys, stvsr_cli.cli; "
-        "print(sorted(m for m in ('torch', 'torchvision', 'av', 'numpy', 'cv2', 'rich') if m in sys.modules)); "
-        "from stvsr_cli import MEGAN, PRESETS, Upscaler, save_weights, load_model; print(MEGAN.__name__)"
+        "print(sorted(m for m in ('torch', 'torchvision', 'av', 'numpy', 'cv2', 'rich') if m in sys.modules))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.splitlines() == ["[]", "MEGAN"]
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=ROOT_ON_PATH)
+    assert result.stdout == "[]\n"
+
+
+def test_the_library_names_still_import_from_the_package():
+    import stvsr_cli
+    from stvsr_cli import MEGAN, PRESETS, Upscaler, load_model, save_weights  # noqa: F401
+
+    assert MEGAN.__module__ == "stvsr_cli.megan" and Upscaler.__module__ == "stvsr_cli.inference"
+    assert set(stvsr_cli.__all__) <= set(dir(stvsr_cli))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        stvsr_cli.nothing
 
 
 def test_encoders_lists_the_encoders_of_the_ffmpeg_stvsr_runs(runner):

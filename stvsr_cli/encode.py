@@ -761,7 +761,7 @@ _FOLLOW_UPS = (
     "Error while opening encoder", "Error sending frames", "Task finished with error", "Terminating thread",
     "Could not open encoder before EOF", "Nothing was written", "Conversion failed", "Error submitting",
     "Error closing", "Error writing trailer", "Error muxing", "Error opening output file",
-    "Error opening output files",
+    "Error opening output files", "Could not write header",
 )
 # Lines that say nothing at all.
 _NOISE = re.compile(r"^(Last message repeated \d+ times?|\S+ @ 0x[0-9a-f]+\]?)$")

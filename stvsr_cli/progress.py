@@ -106,8 +106,9 @@ class FrameProgress:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._progress.live.is_started:
-            self._progress.stop()
+        # Not Progress.stop(), which prints an empty line when the output is
+        # not a terminal (a log, a pipe) even though the bar left nothing to end.
+        self._progress.live.stop()
 
     def update(self, done: int, total: int | None) -> None:
         """Starts the bar on the first call, once the checks have passed."""

@@ -446,7 +446,8 @@ def test_a_frame_of_the_wrong_size_is_refused(tmp_path):
 
 
 # Real stderr of the ffmpeg that stvsr runs (9.0.2), writing an MP4 and an MKV
-# onto a 200 KB tmpfs that filled up (`mount -t tmpfs -o size=200k`).
+# onto a 200 KB tmpfs that filled up (`mount -t tmpfs -o size=200k`), and an
+# MP4 onto one that was full from the start.
 DISK_FULL_MP4 = """\
 [vost#0:0/libx264 @ 0x55b742b664c0] Error submitting a packet to the muxer: No space left on device
     Last message repeated 1 times
@@ -460,6 +461,14 @@ DISK_FULL_MKV = """\
 [out#0/matroska @ 0x56488f304d80] Error writing trailer: No space left on device
 [out#0/matroska @ 0x56488f304d80] Error closing file: No space left on device
 """
+DISK_FULL_AT_THE_START = """\
+[out#0/mp4 @ 0x5599eb20b880] Could not write header (incorrect codec parameters ?): No space left on device
+[vf#0:0 @ 0x5599eb22f3c0] Error sending frames to consumers: No space left on device
+[vf#0:0 @ 0x5599eb22f3c0] Task finished with error code: -28 (No space left on device)
+[vf#0:0 @ 0x5599eb22f3c0] Terminating thread with return code -28 (No space left on device)
+[out#0/mp4 @ 0x5599eb20b880] Nothing was written into output file, because at least one of its streams received \
+no packets.
+"""
 NO_CUDA = """\
 [h264_nvenc @ 0x55d568019f80] Cannot load libcuda.so.1
 [vost#0:0/h264_nvenc @ 0x55d568019c00] [enc:h264_nvenc @ 0x55d568019f00] Error while opening encoder - maybe \
@@ -471,6 +480,7 @@ incorrect parameters such as bit_rate, rate, width or height.
 
 @pytest.mark.parametrize("stderr, reason", [(DISK_FULL_MP4, "No space left on device"),
                                             (DISK_FULL_MKV, "No space left on device"),
+                                            (DISK_FULL_AT_THE_START, "No space left on device"),
                                             (NO_CUDA, "Cannot load libcuda.so.1")])
 def test_the_reason_ffmpeg_gives_is_found_under_its_cascade(stderr, reason):
     from stvsr_cli.encode import _ffmpeg_reason

@@ -113,10 +113,12 @@ class FrameProgress:
     def update(self, done: int, total: int | None) -> None:
         """Starts the bar on the first call, once the checks have passed."""
         now = time.monotonic()
-        if not self._progress.live.is_started:
-            self._progress.start()
+        started = self._progress.live.is_started
+        if not started:
             self._throughput.start(now)
         if done:
             self._throughput.mark(now, done)
         self._progress.update(self._task, completed=done, total=max(total, done) if total else None,
                               rate=self._throughput.rate)
+        if not started:  # after the update, so that the first frame drawn has the total
+            self._progress.start()

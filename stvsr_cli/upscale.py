@@ -48,6 +48,7 @@ from .encode import (
     is_frame_directory,
     open_writer,
     remove_leftovers,
+    resolve_options,
     try_encoder,
 )
 from .errors import StvsrError
@@ -132,13 +133,16 @@ def upscale_video(
     scale = upscaler.scale
     size = (info.width * scale, info.height * scale)
     fps = info.fps * 2
-    check_memory(info, upscaler, options, frames=is_frame_directory(output))
-    try_encoder(output, info, width=size[0], height=size[1], fps=fps, options=options.encode)
+    frames = is_frame_directory(output)
+    check_memory(info, upscaler, options, frames=frames)
+    # Resolved once here, so that what resolving says (8 bits for a deeper source) is said once.
+    encode = options.encode if frames else resolve_options(options.encode, output, info.bit_depth)
+    try_encoder(output, info, width=size[0], height=size[1], fps=fps, options=encode)
     total = 2 * info.frame_count if info.frame_count else None
     pipeline = _Pipeline(info, upscaler, options)
     if progress:
         progress(0, total)
-    with open_writer(output, info, width=size[0], height=size[1], fps=fps, options=options.encode) as writer:
+    with open_writer(output, info, width=size[0], height=size[1], fps=fps, options=encode) as writer:
         written = pipeline.run(writer.write, lambda done: progress and progress(done, total))
     return UpscaleResult(
         output=Path(output),

@@ -136,6 +136,15 @@ def test_the_library_call_reports_what_it_did(tmp_path, weights):
     assert seen[-1] == (10, 10)
 
 
+def test_what_the_encoder_settings_change_is_said_once(tmp_path, weights):
+    """A 10-bit source into VP8, which has only 8 bits: one warning, although
+    the settings are resolved for the encoder trial and for the real run."""
+    source = make_video(tmp_path / "in.mkv", frames=2, pix_fmt="yuv420p10le")
+    code, output = upscale([str(source), str(tmp_path / "out.webm"), "--codec", "libvpx", "-q"], weights)
+    assert code == 0, output
+    assert output == "stvsr: warning: libvpx cannot encode more than 8 bits; writing 8-bit yuv420p\n"
+
+
 def test_the_shipped_weights_are_trained_small_weights_and_run(tmp_path):
     metadata = weights_metadata(default_weights_path())
     assert (metadata["preset"], metadata["trained"]) == ("small", "yes")

@@ -3,55 +3,52 @@
 Each command parses its options, calls one library function and reports.
 Errors a user can fix (`StvsrError`) are printed as one line with a non-zero
 exit status; `stvsr --debug ...` (or STVSR_DEBUG=1) shows the traceback.
+Ctrl-C, and the SIGTERM or SIGHUP that `kill`, `timeout`, `docker stop` or a
+closing terminal send, stop a command the same way: its clean-up runs, one
+line says so, and the exit status is the shell's 128 + the signal number.
+
+This module imports only click and what `--help` needs: PyTorch, PyAV and
+rich take seconds to load, so each command imports the library where it
+runs, and `stvsr --help` answers at once.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import sys
-from contextlib import contextmanager
-from pathlib import Path
 
-import click
-from rich import box
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
+# Ctrl-C while the command line itself loads (a second or more on a busy
+# machine) would print a traceback from the middle of an import: the `stvsr`
+# script imports this module before any of its code can catch anything.
+try:
+    import json
+    import logging
+    import os
+    import signal
+    from contextlib import contextmanager
+    from pathlib import Path
 
-from . import __version__
-from .config import PRESETS, preset as preset_config, preset_name
-from .errors import StvsrError
-from .networks import build_network
-from .encode import EncodeOptions
-from .evaluate import (
-    BLEND,
-    FLOW,
-    MCI,
-    MODEL,
-    REPEAT,
-    EvalOptions,
-    EvalReport,
-    check_output_file,
-    evaluate,
-    plot_psnr,
-    write_json,
-)
-from .tiling import DEFAULT_TILE
-from .upscale import UpscaleOptions, upscale_video
-from .weights import convert_weights, load_model, weights_metadata, write_atomically
-from .windows import DEFAULT_SCENE_THRESHOLD
+    import click
+
+    from . import __version__
+    from .config import PRESETS
+    from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_TILE
+    from .errors import StvsrError
+except KeyboardInterrupt:
+    sys.stderr.write("stvsr: interrupted\n")
+    raise SystemExit(130) from None
+
+# Signals that stop a command from outside, as Ctrl-C does from the keyboard.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived. A KeyboardInterrupt, so that every clean-up
+    written for Ctrl-C (the encoder's staging folder, the pipeline's threads)
+    runs for it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class _Group(click.Group):
@@ -64,18 +61,49 @@ class _Group(click.Group):
         return lambda function: register(_debug_option(function))
 
     def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except (KeyboardInterrupt, Exception) as error:
-            if _debug(ctx):
+        received: list[int] = []
+        with _stop_on_signals(received):
+            try:
+                return super().invoke(ctx)
+            except (click.exceptions.Exit, click.ClickException, click.Abort):
                 raise
-            click.echo(_one_line(error), err=True)
-            sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
+            except (KeyboardInterrupt, Exception) as error:
+                if _debug(ctx):
+                    raise
+                # A signal also reaches ffmpeg and the loader processes, whose
+                # failure may be what surfaced first: the signal is the cause.
+                signum = received[0] if received else getattr(error, "signum", None)
+                click.echo(_one_line(error, signum), err=True)
+                if signum is not None:
+                    sys.exit(128 + signum)
+                sys.exit(130 if isinstance(error, KeyboardInterrupt) else 1)
 
 
-def _one_line(error: BaseException) -> str:
+@contextmanager
+def _stop_on_signals(received: list[int]):
+    """While a command runs, SIGTERM and SIGHUP raise `_Stopped` in the main
+    thread; a second signal during the clean-up is only noted, so that the
+    clean-up finishes."""
+
+    def stop(signum: int, frame) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise _Stopped(signum)
+
+    try:
+        previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _one_line(error: BaseException, signum: int | None = None) -> str:
+    if signum is not None:
+        return f"stvsr: stopped by {signal.Signals(signum).name}"
     if isinstance(error, KeyboardInterrupt):
         return "stvsr: interrupted"
     if isinstance(error, StvsrError):
@@ -127,33 +155,48 @@ def main(debug: bool) -> None:
 @click.option(
     "--weights",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Describe the network stored in this weights file.",
+    help="Describe the network stored in this weights file.  [default: the shipped weights]",
 )
 def info(preset: str | None, weights: Path | None) -> None:
-    """Show a network's configuration and its parameters per stage.
+    """Show a network's configuration and its parameters per stage: the
+    shipped weights', or a preset's, or a weights file's.
 
     \b
     Examples:
+      stvsr info
       stvsr info --preset paper
       stvsr info --preset zsm
       stvsr info --weights my-run/best.safetensors
       stvsr info --weights xiang2020zooming.pth
     """
-    if (preset is None) == (weights is None):
-        raise StvsrError("give exactly one of --preset or --weights, e.g. `stvsr info --preset paper`")
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from .config import preset as preset_config
+    from .networks import build_network
+    from .weights import default_weights_path, load_model, weights_metadata
+
+    if preset is not None and weights is not None:
+        raise StvsrError("give one of --preset or --weights, not both")
+    if preset is None and weights is None:
+        weights = default_weights_path()
     model = build_network(preset_config(preset)) if preset else load_model(weights)
-    source = f"preset {preset}" if preset else str(weights)
 
     console = Console()
     if weights is not None:
+        # The file name as a heading, not a table title: a title wraps at the
+        # table's width, which split long names mid-word.
+        console.print(Text.assemble(("Weights file ", "bold"), str(weights)), soft_wrap=True)
         metadata = weights_metadata(weights)
-        about = Table(title=f"Weights file {weights.name}", show_header=False)
+        about = Table(show_header=False)
         for key in ("preset", "trained", "stvsr_version", "description"):
             if metadata.get(key):
                 about.add_row(key, metadata[key])
         if about.row_count:
             console.print(about)
-    config = Table(title=f"{model.config.title} configuration ({source})", show_header=False)
+    title = f"{model.config.title} configuration{f' (preset {preset})' if preset else ''}"
+    config = Table(title=title, show_header=False, min_width=len(title))  # as wide as its title: no wrapping
     for name, value in model.config.to_dict().items():
         config.add_row(name, str(value))
     console.print(config)
@@ -192,28 +235,39 @@ def _network_options(function):
 @_network_options
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCENE_THRESHOLD, show_default=True,
               help="Luma-histogram change that counts as a scene cut; 0 turns detection off.")
-@click.option("--codec", default="libx264", show_default=True, help="ffmpeg video encoder, e.g. libx264, libx265, libsvtav1.")
+@click.option("--codec", help="ffmpeg video encoder, e.g. libx264, libx265, libsvtav1 (`stvsr encoders` lists them).  "
+                              "[default: by OUTPUT's extension: libx264; libvpx-vp9 for .webm, gif for .gif]")
 @click.option("--crf", type=int, help="Constant rate factor: lower is better quality. [default: 18 for codecs that take it]")
 @click.option("--preset", "encoder_preset", help="Encoder speed preset, e.g. medium, slow.")
-@click.option("--pix-fmt", help="Output pixel format. [default: yuv420p, yuv420p10le for 10-bit input]")
+@click.option("--pix-fmt", help="Output pixel format.  [default: yuv420p (yuv420p10le for 10-bit input) where the "
+                                "encoder takes it, a palette per frame for .gif]")
 @click.option("--no-audio", is_flag=True, help="Drop the audio and subtitle streams.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; warnings and errors still show.")
 def upscale(input: Path, output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
-            scene_threshold: float, codec: str, crf: int | None, encoder_preset: str | None, pix_fmt: str | None,
-            no_audio: bool, overwrite: bool, quiet: bool) -> None:
+            scene_threshold: float, codec: str | None, crf: int | None, encoder_preset: str | None,
+            pix_fmt: str | None, no_audio: bool, overwrite: bool, quiet: bool) -> None:
     """Upscale INPUT 4x in width and height and 2x in frame rate into OUTPUT.
 
-    OUTPUT is a video file (its extension picks the container; audio and
-    subtitles are copied from INPUT) or a directory, which receives numbered
-    PNG frames. OUTPUT appears only when the run succeeds.
+    OUTPUT is a video file or a directory, which receives numbered PNG
+    frames. A video's extension picks the container and what goes in it:
+    H.264 and the source's audio and subtitles for .mp4, .mkv, .mov and .ts,
+    VP9 and Opus for .webm, a GIF without sound for .gif. OUTPUT appears
+    only when the run succeeds.
 
     \b
     Examples:
       stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
       stvsr upscale in.mkv out.mkv --codec libx265 --crf 20 --device cuda
+      stvsr upscale in.mp4 out.webm
       stvsr upscale in.mp4 frames/
     """
+    from rich.console import Console
+
+    from .encode import EncodeOptions
+    from .progress import FrameProgress
+    from .upscale import UpscaleOptions, upscale_video
+
     encode = {"codec": codec, "preset": encoder_preset, "pix_fmt": pix_fmt, "audio": not no_audio}
     if crf is not None:
         encode["crf"] = crf
@@ -228,17 +282,47 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
         overwrite=overwrite,
     )
     console = Console(stderr=True, quiet=quiet)
-    with _warnings_to(Console(stderr=True)), _FrameProgress(console) as progress:
+    with _warnings_to(Console(stderr=True)), FrameProgress(console) as progress:
         result = upscale_video(input, output, options, progress=progress.update)
     if not quiet:
         width, height = result.output_size
         cuts = f"; {result.scene_cuts} scene cut{'s' * (result.scene_cuts != 1)}" if result.scene_cuts else ""
         console.print(
             f"Wrote {output}: {result.output_frames} frames of {width}x{height} at {float(result.output_fps):.3g} fps "
-            f"from {result.input_frames} at {float(result.input_fps):.3g} fps, in {result.seconds:.1f} s{cuts}.",
+            f"from {result.input_frames} at {float(result.input_fps):.3g} fps, in {result.seconds:.1f} s "
+            f"({result.output_frames / result.seconds:.2f} frames a second){cuts}.",
             highlight=False,
             soft_wrap=True,
         )
+
+
+@main.command()
+def encoders() -> None:
+    """List the video encoders of the ffmpeg that stvsr runs, for `upscale
+    --codec`, and where that ffmpeg is (imageio-ffmpeg's, which need not be
+    the `ffmpeg` on your PATH).
+
+    \b
+    Example:
+      stvsr encoders
+      stvsr upscale in.mp4 out.mkv --codec libx265
+    """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from .encode import ffmpeg_exe, list_encoders
+
+    table = Table(box=box.SIMPLE_HEAD, title="Video encoders (--codec)", title_justify="left")
+    for column in ("encoder", "codec", "description"):
+        table.add_column(column)
+    for name, codec, description in list_encoders():
+        table.add_row(name, codec, description)
+    console = Console()
+    console.print(table)
+    console.print(f"ffmpeg: {ffmpeg_exe()}", highlight=False, soft_wrap=True)
+    console.print("Hardware encoders (nvenc, qsv, vaapi, amf) need their GPU and driver; stvsr tries the one you "
+                  "pick on a frame before it starts.", highlight=False)
 
 
 @main.command("eval")
@@ -266,8 +350,9 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
     DATA/<clip>/LR/*.png used when present, otherwise the inputs are made
     from GT), a folder of clip folders holding their frames directly, a
     Vimeo-90K septuplet root, or a video file (its frames are the GT; the
-    summary then says what a full upscale of it would cost here). The inputs are GT frames 1, 3, 5, ... (counting
-    from 1) shrunk 4x; every GT frame up to the last input is predicted
+    summary then says what a full upscale of it would cost here). The inputs
+    are GT frames 1, 3, 5, ... (counting from 1) shrunk 4x; every GT frame up
+    to the last input is predicted
     through the same windows and stitching as `stvsr upscale`, and scored: all
     of a clip of 2n+1 GT frames, the first 2n-1 of a clip of 2n (its last
     frame has no input after it); clips of fewer than 3 frames are skipped.
@@ -281,13 +366,18 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
       stvsr eval data/vid4 --weights run/best.safetensors --json vid4.json --plot vid4.png --save out/
       stvsr eval vimeo_septuplet --list fast_testset.txt --list slow_testset.txt --device cuda
     """
+    from rich.console import Console
+
+    from .evaluate import MODEL, EvalOptions, check_output_file, evaluate, plot_psnr, write_json
+    from .progress import FrameProgress
+
     for path, option in ((json_path, "--json"), (plot, "--plot")):
         if path is not None:
             check_output_file(path, option)
     options = EvalOptions(weights=weights, device=device, precision=precision, tile=tile, batch=batch,
                           lists=lists, baselines=baselines, save=save)
     console = Console(stderr=True, quiet=quiet)
-    with _warnings_to(Console(stderr=True)), _FrameProgress(console, "evaluating") as progress:
+    with _warnings_to(Console(stderr=True)), FrameProgress(console, "evaluating") as progress:
         report = evaluate(data, options, progress=progress.update)
     if json_path is not None:
         write_json(report, json_path)
@@ -328,10 +418,15 @@ def _duration(seconds: float) -> str:
 _TABLE_CLIPS = 20  # more clips than this (Vimeo-90K) show only the means; --json has them all
 
 
-def _report_table(report: EvalReport) -> Table:
+def _report_table(report):
     """Clips x methods; PSNR and SSIM on Y over all scored frames, then over
     the reconstructed and the interpolated ones alone, then on RGB. Each clip
     is a heading row above its methods, so the table fits 80 columns."""
+    from rich import box
+    from rich.table import Table
+
+    from .evaluate import BLEND, FLOW, MCI, MODEL, REPEAT
+
     table = Table(title="PSNR (dB) and SSIM: the mean per clip, then over clips", box=box.SIMPLE_HEAD,
                   padding=0, pad_edge=False)  # the box draws a space between columns
     table.add_column("clip / method", no_wrap=True)
@@ -372,7 +467,7 @@ def _report_table(report: EvalReport) -> Table:
 
 
 @contextmanager
-def _warnings_to(console: Console):
+def _warnings_to(console):
     """Print the library's warnings as `stvsr: warning: ...` lines (above a
     live progress bar, when there is one)."""
 
@@ -389,43 +484,6 @@ def _warnings_to(console: Console):
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
-
-
-class _FpsColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.2f} fps" if task.speed else "… fps", style="progress.data.speed")
-
-
-class _FrameProgress:
-    """A rich progress bar of output frames: done/total, fps, elapsed, ETA.
-    It appears when the work starts, not while inputs are being checked."""
-
-    def __init__(self, console: Console, label: str = "upscaling") -> None:
-        self._progress = Progress(
-            TextColumn(label),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("frames"),
-            _FpsColumn(),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,  # the summary line replaces it; an error line stands alone
-        )
-        self._task = self._progress.add_task("upscale", total=None)
-
-    def __enter__(self) -> _FrameProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._progress.stop()
-
-    def update(self, done: int, total: int | None) -> None:
-        """Starts the bar on the first call, once the checks have passed."""
-        if not self._progress.live.is_started:
-            self._progress.start()
-        self._progress.update(self._task, completed=done, total=max(total, done) if total else None)
 
 
 @main.command()
@@ -466,24 +524,31 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
     folder of photos (given synthetic camera motion); a Vimeo-90K septuplet
     root. KIND:PATH forces a layout (vimeo:, clips:, videos:, stills:).
 
-    The defaults are the paper's recipe: Charbonnier loss, Adam, cosine
-    learning rate from 1e-4 to 1e-7, batch 16, LR crops of 32. The run
-    folder gets checkpoint.pt, last.safetensors, best.safetensors (with
-    --val), log.jsonl, progress.png and options.json. Under torchrun the
-    same command trains on every GPU with DistributedDataParallel.
+    The defaults are the paper's recipe for a GPU: the paper preset,
+    20,000 steps of batch 16, Charbonnier loss, Adam, cosine learning rate
+    from 1e-4 to 1e-7, LR crops of 32; on a CPU that takes days (the run
+    says how long after its first steps), so use --preset small and fewer
+    --iters there. The run folder gets checkpoint.pt, last.safetensors,
+    best.safetensors (with --val), log.jsonl, progress.png and
+    options.json. Under torchrun the same command trains on every GPU with
+    DistributedDataParallel.
 
     \b
     Example:
-      stvsr train ../shared/data/train/clips --out runs/x --preset tiny --iters 50
+      stvsr train my-clips/ --out runs/try --preset tiny --iters 50
+      stvsr train my-videos/ --val vid4 --out runs/cpu --preset small --iters 2000 --batch 4
       stvsr train vimeo_septuplet --val vid4 --out runs/paper
       stvsr train vimeo_septuplet --val vid4 --out runs/paper --resume
       stvsr train vimeo_septuplet --val vid4 --out runs/zsm-ft --init xiang2020zooming.pth --lr 1e-5
       torchrun --nproc_per_node 4 -m stvsr_cli train vimeo_septuplet --out runs/paper
     """
+    from rich.console import Console
+
     from .train import TrainOptions, train as run_training
 
     extra = {} if workers is None else {"workers": workers}
-    result = run_training(TrainOptions(data=data, out=out, **options, **extra))
+    with _warnings_to(Console(stderr=True)):
+        result = run_training(TrainOptions(data=data, out=out, **options, **extra))
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
     click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")
@@ -507,6 +572,9 @@ def convert(source: Path, destination: Path, overwrite: bool) -> None:
       stvsr convert xiang2020zooming.pth zsm.safetensors
       stvsr convert runs/x/checkpoint.pt x.safetensors
     """
+    from .config import preset_name
+    from .weights import convert_weights
+
     model = convert_weights(source, destination, overwrite=overwrite)
     click.echo(
         f"wrote {destination}: {model.config.title}, {preset_name(model.config) or 'custom'} preset, "
@@ -572,7 +640,13 @@ def bench(
       stvsr bench --device cpu --preset small --size 320x180 --model-only
       stvsr bench --device cpu --preset small --motion-prior none --motion-prior flow   # the prior's cost
     """
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
     from .bench import Workload, run_bench
+    from .evaluate import check_output_file
+    from .weights import write_atomically
 
     if json_path is not None:
         check_output_file(json_path, "--json")  # before minutes of timing, not after

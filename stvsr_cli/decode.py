@@ -76,6 +76,12 @@ class VideoInfo:
     audio in sync. `rotation` is the display rotation in degrees,
     counterclockwise as PyAV reports it (90 means turn the coded picture a
     quarter turn counterclockwise to show it; 0, 90, 180 or -90).
+
+    What the upscale cannot carry over, so that the encoder can say so or
+    keep it: `alpha`, whether the frames have an alpha channel (the network
+    sees RGB only); `interlaced`, the field order of interlaced video ('top
+    field first' ...) or None for progressive; `timecode`, the start
+    timecode ('01:00:00:12', ';' before the frames for drop-frame) or None.
     """
 
     path: Path
@@ -92,6 +98,9 @@ class VideoInfo:
     rotation: int
     audio_codecs: tuple[str, ...]
     subtitle_codecs: tuple[str, ...]
+    alpha: bool = False
+    interlaced: str | None = None
+    timecode: str | None = None
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -130,6 +139,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             rotation=_rotation(first),
             audio_codecs=tuple(_codec_name(s) for s in container.streams.audio),
             subtitle_codecs=tuple(_codec_name(s) for s in container.streams.subtitles),
+            alpha=_has_alpha(source.format, stream),
+            interlaced=_interlaced(stream, first),
+            timecode=_timecode(container, stream),
         )
 
 
@@ -147,6 +159,7 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
     """
     reformatter = VideoReformatter()
     slot = repeated = dropped = decoded = jumps = 0
+    irregular_at: int | None = None  # the decoded frame at which the first repeat or drop happened
     origin: Fraction | None = None
     last_time: Fraction | None = None
     previous: np.ndarray | None = None
@@ -167,6 +180,8 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
                     origin = time - slot / info.fps
                 last_time = time
                 target = math.floor((time - origin) * info.fps + Fraction(1, 2))
+            if target != slot and irregular_at is None:
+                irregular_at = decoded
             if target < slot:
                 dropped += 1
                 continue
@@ -183,11 +198,6 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
             f"{info.path}: no frames could be decoded; the video stream is empty or damaged, "
             "check that the file plays in a video player"
         )
-    if repeated or dropped:
-        log.warning(
-            "%s has a variable frame rate; made it constant at %s fps by repeating %d and dropping %d frames",
-            info.path, f"{float(info.fps):.5g}", repeated, dropped,
-        )
     # After a clock jump the declared length, which the demuxer derives from
     # the first and last timestamps, no longer measures the video.
     if expected is not None and not jumps and expected - slot > max(2, expected / 100):
@@ -195,6 +205,21 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
             f"{info.path} looks truncated: decoded {slot} of {expected} frames; copy or download it again, "
             f'or to upscale what is there, re-mux it first: ffmpeg -i "{info.path}" -c copy fixed.mkv'
         )
+    # A file cut short (or damaged at its end) loses the frames that
+    # reordering shows just before the last ones that decode: gaps there are
+    # no sign of a variable frame rate, only of the ending.
+    if irregular_at is not None and irregular_at <= decoded - _REORDERED_TAIL:
+        log.warning(
+            "%s has a variable frame rate; made it constant at %s fps by repeating %d and dropping %d frames",
+            info.path, f"{float(info.fps):.5g}", repeated, dropped,
+        )
+
+
+# The last frames a cut can leave after a gap: the reference frames that B
+# frames are shown between (x264's default B pyramid holds back two), and the
+# frame after them. Cutting x264 files at 30% to 90% of their length made
+# gaps only there (in MKV and MPEG-TS).
+_REORDERED_TAIL = 3
 
 
 # A forward leap longer than this, in a container whose clock may jump, is a
@@ -354,6 +379,36 @@ def _start_time(
         return 0.0
     container_start = container.start_time / av.time_base if container.start_time is not None else video_start
     return max(0.0, video_start - container_start)
+
+
+def _has_alpha(format: av.VideoFormat, stream: av.video.stream.VideoStream) -> bool:
+    """An alpha plane in the pixel format, or VP8/VP9 alpha in Matroska,
+    which travels beside the picture (the alpha_mode tag) where ffmpeg's
+    own decoder does not see it."""
+    tagged = any(stream.metadata.get(key) == "1" for key in ("alpha_mode", "ALPHA_MODE"))
+    return tagged or any(component.is_alpha for component in format.components)
+
+
+# AVFieldOrder values of interlaced video, as ffprobe words them.
+_FIELD_ORDERS = {2: "top field first", 3: "bottom field first", 4: "top field first", 5: "bottom field first"}
+
+
+def _interlaced(stream: av.video.stream.VideoStream, first: av.VideoFrame | None) -> str | None:
+    order = _FIELD_ORDERS.get(stream.codec_context.field_order)
+    if order is None and first is not None and first.interlaced_frame:
+        order = "interlaced"  # coded as fields, field order not stated
+    return order
+
+
+def _timecode(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> str | None:
+    """The start timecode: a tag of the video stream (Matroska, MOV), of a
+    QuickTime timecode track (a data stream) or of the file (MXF, AVI)."""
+    sources = [stream.metadata, *(s.metadata for s in container.streams.data), container.metadata]
+    for metadata in sources:
+        for key in ("timecode", "TIMECODE"):
+            if metadata.get(key):
+                return metadata[key]
+    return None
 
 
 def _rotation(first: av.VideoFrame | None) -> int:

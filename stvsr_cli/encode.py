@@ -4,21 +4,30 @@ One ffmpeg process does the whole job in one pass: raw frames arrive on its
 stdin, the source file is its second input, and every audio and subtitle
 stream of the source is carried over from there (copied when the output
 container can hold it, re-encoded when not). Colour is converted to YUV with
-the source's matrix and range and tagged like the source; rotation is tagged,
-never applied to the pixels.
+the source's matrix and range and tagged like the source; rotation and the
+timecode are tagged, never applied to the pixels.
+
+The output's extension picks the container and, unless told otherwise, the
+encoder and pixel format: H.264 (libx264) for the containers that hold it
+(.mp4, .mkv, .mov, .ts, ...), VP9 for .webm, a palette per frame for .gif
+(`resolve_options`). Before any frame is decoded, `try_encoder` encodes one
+black frame with the run's exact settings, so an encoder that cannot run
+here (a hardware encoder without its GPU) fails in a second.
 
 ffmpeg writes into a hidden staging folder next to the output; only a
 successful `close()` moves the result onto the output path, so a failure or an
 interrupt never leaves a half-written video where the user expects a finished
-one.
+one. A run that is killed outright (kill -9) cannot clean up: the staging
+folder is locked while its run lives, so the next run into the same output
+can tell a dead run's folder from a live one's (`remove_leftovers`).
 
 Capabilities come from two places: the encoders (names, pixel formats,
 options) from the ffmpeg binary that will run, and what a container can hold
 from PyAV's libavformat (`avformat_query_codec`), which the binary does not
-expose. The two are separate builds of FFmpeg; both are recent enough to agree
-on the formats used here.
+expose, corrected where that answer is wrong (`_muxer_holds`). The two are
+separate builds of FFmpeg; `tests/test_encode.py` checks every container the
+README names against the binary.
 """
-
 from __future__ import annotations
 
 import functools
@@ -29,6 +38,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -42,6 +52,11 @@ import numpy as np
 from .decode import VideoInfo
 from .errors import StvsrError
 
+try:
+    import fcntl  # staging folder locks; POSIX only
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 log = logging.getLogger("stvsr")
 
 DEFAULT_CRF = 18
@@ -50,13 +65,50 @@ DEFAULT_CRF = 18
 _MOOV_MUXERS = {"mp4", "mov", "ipod"}
 
 # Codecs a muxer claims through avformat_query_codec but should not get:
-# mov refuses Opus and FLAC at write_header ("opus only supported in MP4"),
-# and PCM in MP4 (ISO 23003-5 'ipcm', new in FFmpeg 6.1) muxes but few
-# players read it. Prefixes of codec names.
-_AVOID = {"mov": ("opus", "flac"), "mp4": ("pcm_",)}
+# mov refuses Opus, FLAC, VP8, VP9 and AV1 at write_header ("vp9 only
+# supported in MP4"), and PCM in MP4 (ISO 23003-5 'ipcm', new in FFmpeg 6.1)
+# muxes but few players read it. Prefixes of codec names.
+_AVOID = {"mov": ("opus", "flac", "vp8", "vp9", "av1"), "mp4": ("pcm_",)}
+
+# What the muxers that declare no codec list hold: avformat_query_codec
+# answers only their default codecs (MPEG-2 and MP2 for MPEG-TS), so
+# H.264 and AAC looked impossible in .ts. These are the codecs each one has
+# a stream mapping for in FFmpeg (mpegtsenc.c, oggenc.c); MPEG-TS writes any
+# other codec too, as private data that players do not read.
+_HOLDS = {
+    "mpegts": frozenset({
+        "mpeg1video", "mpeg2video", "mpeg4", "h264", "hevc", "cavs", "dirac", "vc1",
+        "mp2", "mp3", "aac", "aac_latm", "ac3", "eac3", "dts", "truehd", "opus", "s302m",
+        "dvb_subtitle", "dvb_teletext",
+    }),
+    "ogg": frozenset({"theora", "vp8", "vorbis", "opus", "flac", "speex"}),
+}
+
+# The video encoder of an output whose --codec is not given: the first of
+# these its container holds (H.264 where it can, VP9 in WebM, GIF's own),
+# else the encoder of the container's own default codec.
+_DEFAULT_ENCODERS = ("libx264", "libvpx-vp9", "gif")
+
+# Pixel formats for an output whose --pix-fmt is not given, in order of
+# preference, the first the encoder takes (10-bit ones only for sources of
+# more than 8 bits); an encoder that takes none of them gets its own first.
+_PIX_FMTS = ("yuv420p", "pal8")
+_DEEP_PIX_FMTS = ("yuv420p10le",)
+
+# Encoders that run on dedicated hardware and its driver: when one cannot
+# start, the hint is a software encoder.
+_HARDWARE = re.compile(r"_(nvenc|qsv|vaapi|amf|v4l2m2m|vulkan|videotoolbox|mf|omx|mediacodec)$")
+
+# Containers that keep a start timecode given as the video stream's tag (a
+# tmcd track in MOV and MP4, a TIMECODE tag in Matroska and WebM).
+_TIMECODE_MUXERS = {"mov", "mp4", "matroska", "webm"}
+
+# GIF delays are whole hundredths of a second, and browsers show a delay
+# under 2 as 10: above 50 fps a GIF stutters.
+_GIF_MAX_FPS = 50
 
 # Re-encode targets in order of preference: (codec, ffmpeg encoder). The
-# first one the output container holds is used.
+# first one the output container holds, and the ffmpeg binary has, is used.
 _AUDIO_TARGETS = (("aac", "aac"), ("opus", "libopus"))
 _TEXT_SUBTITLE_TARGETS = (("mov_text", "mov_text"), ("ass", "ass"), ("webvtt", "webvtt"), ("subrip", "subrip"))
 
@@ -77,13 +129,18 @@ _NUMBERED_PNG = re.compile(r"^\d{5,}\.png$")
 class EncodeOptions:
     """How the video stream is encoded; audio and subtitles follow the source.
 
-    `crf` is 18 by default; an encoder without a crf option (mpeg4, say)
-    then uses its own rate control, while any other crf value for such an
-    encoder is an error (`check_encoder`). An explicit `--crf 18` cannot be
-    told apart from the default and is treated like it.
+    `codec` and `pix_fmt` left as None are chosen for the output's container
+    and the source (`resolve_options`): libx264 and yuv420p (10-bit for a
+    deeper source) where the container holds H.264, VP9 for WebM, a palette
+    per frame for GIF. `crf` is 18 by default; an encoder without a crf
+    option (mpeg4, gif) then uses its own rate control, while any other crf
+    value for such an encoder is an error (`check_encoder`). An explicit
+    `--crf 18` cannot be told apart from the default and is treated like it.
+    `audio=False` drops the audio and subtitles; a container that can hold
+    no audio (GIF) drops them too, with a warning.
     """
 
-    codec: str = "libx264"
+    codec: str | None = None
     crf: int | None = DEFAULT_CRF
     preset: str | None = None
     pix_fmt: str | None = None
@@ -127,36 +184,32 @@ def check_output(source: Path, output: Path | str, *, overwrite: bool) -> None:
 def check_encoder(options: EncodeOptions, output: Path | str) -> None:
     """Refuse encoder settings ffmpeg would reject, before any frame is
     computed: an unknown or non-video encoder, one the container cannot hold,
-    a pixel format, preset or crf it does not take. (A preset name libx264
-    does not know is only found when ffmpeg opens the encoder.) Nothing to
-    check for PNG frames."""
+    a pixel format, preset or crf it does not take. (What only shows when
+    the encoder opens, a preset name libx264 does not know or a hardware
+    encoder without its GPU, `try_encoder` finds.) Nothing to check for PNG
+    frames."""
     if is_frame_directory(output):
         return
     output = Path(output)
-    name = options.codec
+    muxer = _muxer_for(output)
     encoders = _encoders()
+    name = options.codec or default_encoder(muxer)
     if name not in encoders:
         others = sorted(enc for enc, (_, codec) in encoders.items() if codec == name)
-        hint = f"its encoders here: {', '.join(others)}" if others else "see `ffmpeg -encoders`"
+        hint = f"its encoders here: {', '.join(others)}" if others else "`stvsr encoders` lists the ones there are"
         raise StvsrError(f"ffmpeg has no encoder named {name!r}; {hint}")
     kind, codec = encoders[name]
     if kind != "video":
         raise StvsrError(f"{name} encodes {kind}, not video; use a video encoder such as libx264")
-    muxer = _muxer_for(output)
     if not _muxer_holds(muxer, codec):
-        with av.open(os.devnull, "w", format=muxer) as container:
-            suggestion = container.default_video_codec
+        suggestion = default_encoder(muxer)
         raise StvsrError(
             f"{output.name}: the {muxer} container cannot hold {codec} video ({name}); "
-            f"use --codec {suggestion} or another extension such as .mkv"
+            f"leave out --codec to get {suggestion}, or use another extension such as .mkv"
         )
     help_ = _encoder_help(name)
-    wanted = options.pix_fmt or "yuv420p"
-    if help_.pix_fmts and wanted not in help_.pix_fmts:
-        choices = " ".join(help_.pix_fmts)
-        if options.pix_fmt:
-            raise StvsrError(f"{name} cannot take pixel format {wanted}; use one of: {choices}")
-        raise StvsrError(f"{name} cannot take the default pixel format yuv420p; pass --pix-fmt, one of: {choices}")
+    if options.pix_fmt and help_.pix_fmts and options.pix_fmt not in help_.pix_fmts:
+        raise StvsrError(f"{name} cannot take pixel format {options.pix_fmt}; use one of: {' '.join(help_.pix_fmts)}")
     if options.preset is not None and "preset" not in help_.options:
         raise StvsrError(f"{name} has no presets; leave out --preset")
     if options.crf is not None:
@@ -165,6 +218,39 @@ def check_encoder(options: EncodeOptions, output: Path | str) -> None:
                 raise StvsrError(f"{name} has no crf setting; leave out --crf or use libx264, libx265 or libvpx-vp9")
         elif not 0 <= options.crf <= help_.crf_max:
             raise StvsrError(f"--crf {options.crf} is out of range for {name}; use 0 to {help_.crf_max:g}")
+
+
+def remove_leftovers(output: Path | str) -> None:
+    """Deal with the staging folders that earlier runs into `output` left
+    behind when they were killed outright (kill -9, the OOM killer, a power
+    cut), which no clean-up code survives. A folder whose lock nobody holds
+    belongs to no running process and is removed; one whose lock is held
+    belongs to a run still writing `output`, and is left alone. Either way,
+    with a warning."""
+    output = Path(output)
+    home = output if output.is_dir() else output.parent
+    prefix = _staging_prefix(output)
+    try:
+        leftovers = sorted(p for p in home.iterdir() if p.name.startswith(prefix) and p.is_dir())
+    except OSError:
+        return
+    for folder in leftovers:
+        lock = folder / _LOCK
+        if fcntl is None or not lock.exists():
+            log.warning("%s is probably the unfinished output of an earlier stvsr run into %s that was killed; "
+                        "delete it if no other run is writing %s", folder, output.name, output.name)
+            continue
+        try:
+            with lock.open("rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another stvsr run is writing %s right now (into %s); whichever run ends last replaces "
+                        "the other's output", output.name, folder)
+            continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning("removed %s, the unfinished output of an earlier run into %s that was killed", folder, output.name)
 
 
 def _check_writable(folder: Path) -> None:
@@ -261,22 +347,60 @@ def _canonical(name: str) -> str:
 
 
 def _muxer_holds(muxer: str, codec: str) -> bool:
-    return codec in _muxer_codecs(muxer) and not codec.startswith(_AVOID.get(muxer, ()))
+    held = _HOLDS[muxer] if muxer in _HOLDS else _muxer_codecs(muxer)
+    return codec in held and not codec.startswith(_AVOID.get(muxer, ()))
+
+
+def default_encoder(muxer: str) -> str:
+    """The video encoder an output in `muxer` gets when --codec is not given."""
+    encoders = _encoders()
+    for name in _DEFAULT_ENCODERS:
+        if name in encoders and _muxer_holds(muxer, encoders[name][1]):
+            return name
+    with av.open(os.devnull, "w", format=muxer) as container:
+        return av.codec.Codec(container.default_video_codec, "w").name
+
+
+def default_pix_fmt(encoder: str, bit_depth: int) -> str:
+    """The pixel format an encoder gets when --pix-fmt is not given: 10-bit
+    4:2:0 for a source of more than 8 bits, else 8-bit 4:2:0, else a
+    palette (GIF), else the encoder's own first choice."""
+    taken = _encoder_help(encoder).pix_fmts
+    preferred = (*(_DEEP_PIX_FMTS if bit_depth > 8 else ()), *_PIX_FMTS)
+    if not taken:
+        return preferred[0]
+    return next((pix_fmt for pix_fmt in preferred if pix_fmt in taken), taken[0])
+
+
+def list_encoders() -> list[tuple[str, str, str]]:
+    """(encoder, codec, description) of every video encoder of the ffmpeg
+    that stvsr runs (`ffmpeg_exe`), for `stvsr encoders`."""
+    text = subprocess.run([ffmpeg_exe(), "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    rows = []
+    for line in text.split("------", 1)[-1].splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3 and fields[0].startswith("V"):
+            match = re.fullmatch(r"(.*?)\s*(?:\(codec (\S+)\))?\s*", fields[2])
+            rows.append((fields[1], match.group(2) or fields[1], match.group(1)))
+    return rows
 
 
 # ---------------------------------------------------------- the command
 
 
-def resolve_options(options: EncodeOptions, bit_depth: int) -> EncodeOptions:
-    """Fill in what the user left to us, for this encoder: the pixel format
-    (10-bit for a >8-bit source when the encoder takes it, else 8-bit) and
-    the default crf (dropped for an encoder without one)."""
+def resolve_options(options: EncodeOptions, output: Path | str, bit_depth: int) -> EncodeOptions:
+    """Fill in what the user left to us, for this output and encoder: the
+    encoder (`default_encoder`), the pixel format (`default_pix_fmt`; a
+    warning when a source of more than 8 bits gets 8) and the default crf
+    (dropped for an encoder without one)."""
+    muxer = _muxer_for(Path(output))
+    if options.codec is None:
+        options = replace(options, codec=default_encoder(muxer))
     help_ = _encoder_help(options.codec)
     if options.pix_fmt is None:
-        pix_fmt = "yuv420p10le" if bit_depth > 8 else "yuv420p"
-        if help_.pix_fmts and pix_fmt not in help_.pix_fmts:
-            log.warning("%s cannot encode %s; writing 8-bit yuv420p", options.codec, pix_fmt)
-            pix_fmt = "yuv420p"
+        pix_fmt = default_pix_fmt(options.codec, bit_depth)
+        if bit_depth > 8 and max(c.bits for c in av.VideoFormat(pix_fmt).components) <= 8:
+            log.warning("%s cannot encode more than 8 bits; writing 8-bit %s", options.codec, pix_fmt)
         options = replace(options, pix_fmt=pix_fmt)
     if options.crf is not None and "crf" not in help_.options:
         log.info("%s has no crf setting; using its default rate control", options.codec)
@@ -288,11 +412,10 @@ def video_command(
     target: Path, source: VideoInfo, *, width: int, height: int, fps: Fraction, options: EncodeOptions
 ) -> list[str]:
     """The ffmpeg command line that turns raw frames on stdin into `target`,
-    carrying over the source's audio and subtitles. Pure apart from asking
-    PyAV what the output container holds; `options` as given (see
-    `resolve_options`), a missing pix_fmt meaning yuv420p or yuv420p10le."""
+    carrying over the source's audio, subtitles and timecode. Pure apart
+    from asking PyAV what the output container holds; `options` as given
+    (see `resolve_options`), a missing codec or pix_fmt meaning the default."""
     muxer = _muxer_for(target)
-    pix_fmt = options.pix_fmt or ("yuv420p10le" if source.bit_depth > 8 else "yuv420p")
     command = [*_pipe_input(source, width, height, fps), "-i", str(source.path), "-map", "0:v"]
     if options.audio:
         command += _source_streams(source, muxer)
@@ -300,27 +423,79 @@ def video_command(
     # which is the pipe. (A per-stream -map_metadata would switch off the
     # default copying of every other stream's tags, language included.)
     command += ["-map_metadata", "1"]
-    command += ["-fps_mode", "passthrough"]  # every frame written is a frame in the video, no more
-    command += ["-vf", _colour_filter(source, pix_fmt), "-c:v", options.codec, "-pix_fmt", pix_fmt]
+    if source.timecode and muxer in _TIMECODE_MUXERS:
+        command += ["-metadata:s:v:0", f"timecode={double_rate_timecode(source.timecode, source.fps)}"]
+    return [*command, *_video_options(source, muxer, options), str(target)]
+
+
+def _video_options(source: VideoInfo, muxer: str, options: EncodeOptions) -> list[str]:
+    """The output options of the video stream: filters, encoder and its settings."""
+    codec = options.codec or default_encoder(muxer)
+    pix_fmt = options.pix_fmt or default_pix_fmt(codec, source.bit_depth)
+    command = ["-fps_mode", "passthrough"]  # every frame written is a frame in the video, no more
+    command += ["-vf", _colour_filter(source, pix_fmt), "-c:v", codec, "-pix_fmt", pix_fmt]
     if options.crf is not None:
         command += ["-crf", str(options.crf)]
-        if options.codec in _CRF_NEEDS_ZERO_BITRATE:
+        if codec in _CRF_NEEDS_ZERO_BITRATE:
             command += ["-b:v", "0"]
     if options.preset is not None:
         command += ["-preset", options.preset]
     if muxer in _MOOV_MUXERS:
         command += ["-movflags", "+faststart"]
-    return [*command, str(target)]
+    return command
 
 
 def frames_command(pattern: Path, source: VideoInfo, *, width: int, height: int, fps: Fraction) -> list[str]:
     """The ffmpeg command line that writes raw frames on stdin as numbered
-    PNGs; `pattern` is like 'dir/%05d.png'. 16-bit frames give 16-bit PNGs."""
+    PNGs; `pattern` is like 'dir/%05d.png', where only the file name may
+    hold a '%' pattern: any '%' in the folders is escaped as '%%'. 16-bit
+    frames give 16-bit PNGs."""
     pix_fmt = "rgb48be" if source.bit_depth > 8 else "rgb24"
+    escaped = os.path.join(os.fspath(pattern.parent).replace("%", "%%"), pattern.name)
     return [
         *_pipe_input(source, width, height, fps, video=False),
-        "-map", "0:v", "-c:v", "png", "-pix_fmt", pix_fmt, "-f", "image2", "-start_number", "0", str(pattern),
+        "-map", "0:v", "-c:v", "png", "-pix_fmt", pix_fmt, "-f", "image2", "-start_number", "0", escaped,
     ]
+
+
+def double_rate_timecode(timecode: str, fps: Fraction) -> str:
+    """The timecode `timecode` (at `fps`) names, written at twice the rate:
+    the same instant, twice the frame number. Drop-frame timecodes
+    ('01:00:00;12', at 29.97 or 59.94 fps) stay drop-frame."""
+    match = re.fullmatch(r"(\d+):(\d+):(\d+)([:;.])(\d+)", timecode.strip())
+    if match is None:
+        return timecode
+    hours, minutes, seconds, separator, frames = match.groups()
+    drop = separator in ";."
+    rate = round(fps)
+    number = _timecode_frames(int(hours), int(minutes), int(seconds), int(frames), rate, drop)
+    return _timecode_text(2 * number, 2 * rate, drop, separator)
+
+
+def _drop_per_minute(rate: int) -> int:
+    """Frame numbers skipped each minute but every tenth in drop-frame
+    timecode: 2 at 30 (29.97) fps, 4 at 60 (59.94)."""
+    return round(rate / 15)
+
+
+def _timecode_frames(hours: int, minutes: int, seconds: int, frames: int, rate: int, drop: bool) -> int:
+    number = (hours * 3600 + minutes * 60 + seconds) * rate + frames
+    if drop:
+        total_minutes = hours * 60 + minutes
+        number -= _drop_per_minute(rate) * (total_minutes - total_minutes // 10)
+    return number
+
+
+def _timecode_text(number: int, rate: int, drop: bool, separator: str) -> str:
+    if drop:
+        skip = _drop_per_minute(rate)
+        per_ten_minutes, per_minute = rate * 600 - skip * 9, rate * 60 - skip
+        tens, rest = divmod(number, per_ten_minutes)
+        number += skip * 9 * tens + (skip * ((rest - skip) // per_minute) if rest > skip else 0)
+    frames = number % rate
+    seconds = number // rate
+    digits = len(str(rate - 1))
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}{separator}{frames:0{max(2, digits)}d}"
 
 
 def _pipe_input(source: VideoInfo, width: int, height: int, fps: Fraction, video: bool = True) -> list[str]:
@@ -355,6 +530,10 @@ def _colour_filter(source: VideoInfo, pix_fmt: str) -> str:
     colour = source.color
     tags = [f"color_primaries={colour.primaries}"] if colour.primaries else []
     tags += [f"color_trc={colour.transfer}"] if colour.transfer else []
+    if av.VideoFormat(pix_fmt).has_palette:
+        # GIF: a palette made for each frame (streams: a palette for the
+        # whole video would hold every frame until the last) and used at once.
+        return "split[frames][copy];[copy]palettegen=stats_mode=single[palette];[frames][palette]paletteuse=new=1"
     if av.VideoFormat(pix_fmt).is_rgb:
         return "setparams=" + ":".join([*tags, "colorspace=gbr", "range=pc"])
     matrix, range_ = colour.matrix, colour.range
@@ -375,30 +554,31 @@ def _scale_matrix(matrix: str) -> str:
 def _source_streams(source: VideoInfo, muxer: str) -> list[str]:
     """-map and -c options for each audio and subtitle stream of the source
     (input 1): copied when the container holds the codec, else re-encoded to
-    one it holds; a bitmap subtitle with nowhere to go is dropped, loudly."""
+    one it holds. What has nowhere to go (any audio in a GIF, a bitmap
+    subtitle in MP4) is dropped, loudly."""
     args: list[str] = []
+    audio_target = _target(_AUDIO_TARGETS, muxer)
     for index, name in enumerate(source.audio_codecs):
         codec = _canonical(name)
-        encoder = "copy" if _muxer_holds(muxer, codec) else _target(_AUDIO_TARGETS, muxer)
+        encoder = "copy" if _muxer_holds(muxer, codec) else audio_target
         if encoder is None:
-            raise StvsrError(
-                f"the {muxer} container can hold no audio codec ffmpeg encodes here; "
-                "use .mp4 or .mkv, or pass --no-audio"
-            )
+            log.warning("the %s container holds no audio: the audio of %s is left out; write .mp4 or .mkv to keep it",
+                        muxer, source.path.name)
+            break
         if encoder != "copy":
             log.info("audio stream %d (%s) is re-encoded with %s: %s cannot hold it", index, codec, encoder, muxer)
         args += ["-map", f"1:a:{index}", f"-c:a:{index}", encoder]
+    text_target = _target(_TEXT_SUBTITLE_TARGETS, muxer)
     kept = 0
     for index, name in enumerate(source.subtitle_codecs):
         codec = _canonical(name)
         encoder = "copy" if _muxer_holds(muxer, codec) else None
         if encoder is None and _is_text_subtitle(codec):
-            encoder = _target(_TEXT_SUBTITLE_TARGETS, muxer)
+            encoder = text_target
         if encoder is None:
-            log.warning(
-                "subtitle stream %d (%s) is dropped: %s cannot hold it and it cannot be converted to text; "
-                "write .mkv to keep it", index, codec, muxer,
-            )
+            why = "it cannot be converted to text" if text_target else "it holds no subtitles"
+            log.warning("subtitle stream %d (%s) is dropped: %s cannot hold it and %s; write .mkv to keep it",
+                        index, codec, muxer, why)
             continue
         if encoder != "copy":
             log.info("subtitle stream %d (%s) is converted to %s", index, codec, encoder)
@@ -408,7 +588,8 @@ def _source_streams(source: VideoInfo, muxer: str) -> list[str]:
 
 
 def _target(targets: tuple[tuple[str, str], ...], muxer: str) -> str | None:
-    return next((encoder for codec, encoder in targets if _muxer_holds(muxer, codec)), None)
+    encoders = _encoders()
+    return next((encoder for codec, encoder in targets if encoder in encoders and _muxer_holds(muxer, codec)), None)
 
 
 def _is_text_subtitle(codec: str) -> bool:
@@ -420,6 +601,12 @@ def _is_text_subtitle(codec: str) -> bool:
 
 # ------------------------------------------------------------ the writers
 
+_LOCK = ".lock"  # in a staging folder: locked (flock) while its run lives
+
+
+def _staging_prefix(output: Path) -> str:
+    return f".{output.name}.stvsr-"
+
 
 class FrameWriter:
     """An ffmpeg process fed raw RGB frames on stdin, writing into a hidden
@@ -429,7 +616,10 @@ class FrameWriter:
     Use it as a context manager: leaving the block normally closes, leaving
     it with an exception (KeyboardInterrupt included) aborts. ffmpeg's stderr
     goes to an anonymous temporary file, so it can never fill a pipe and
-    stall ffmpeg while we wait on its stdin.
+    stall ffmpeg while we wait on its stdin. `close` and `abort` may race
+    (the encoder thread finds ffmpeg gone while the main thread is
+    interrupted): the one that comes second waits until the first is done,
+    so the staging folder is gone before either returns.
     """
 
     def __init__(
@@ -448,8 +638,10 @@ class FrameWriter:
         self.dtype = np.dtype(dtype)
         self._staging = staging
         self._publish = publish
-        self._stderr: IO[bytes] = tempfile.TemporaryFile()
+        self._finishing = threading.RLock()
         self._finished = False
+        self._lock = _lock_staging(staging)
+        self._stderr: IO[bytes] = tempfile.TemporaryFile()
         log.debug("running %s", shlex.join(command))
         try:
             self._process = subprocess.Popen(
@@ -474,33 +666,35 @@ class FrameWriter:
 
     def close(self) -> None:
         """Wait for ffmpeg to finish, then move the result onto the output path."""
-        if self._finished:
-            return
-        try:
-            self._process.stdin.close()
-            if self._process.wait() != 0:
-                raise self._failure()
-            self._publish()
-        except BrokenPipeError:
-            raise self._failure() from None
-        except BaseException:
-            self.abort()
-            raise
-        self._cleanup()
+        with self._finishing:
+            if self._finished:
+                return
+            try:
+                self._process.stdin.close()
+                if self._process.wait() != 0:
+                    raise self._failure()
+                self._publish()
+            except BrokenPipeError:
+                raise self._failure() from None
+            except BaseException:
+                self.abort()
+                raise
+            self._cleanup()
 
     def abort(self) -> None:
         """Kill ffmpeg and remove everything it wrote; the output path is
         never touched."""
-        if self._finished:
-            return
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
-        try:
-            self._process.stdin.close()
-        except BrokenPipeError:
-            pass
-        self._cleanup()
+        with self._finishing:
+            if self._finished:
+                return
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            try:
+                self._process.stdin.close()
+            except BrokenPipeError:
+                pass
+            self._cleanup()
 
     def __enter__(self) -> FrameWriter:
         return self
@@ -526,12 +720,26 @@ class FrameWriter:
         self.abort()
         if not reason:
             reason = f"it stopped with exit status {code}" if code is not None else "it stopped reading frames"
-        return StvsrError(f"ffmpeg could not write {self.output}: {reason}")
+        return StvsrError(f"ffmpeg could not write {self.output}: {reason}{_hint(reason)}")
 
     def _cleanup(self) -> None:
         self._finished = True
         self._stderr.close()
         shutil.rmtree(self._staging, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.close()  # after the folder is gone: a later run never sees it unlocked
+
+
+def _lock_staging(staging: Path) -> IO[bytes] | None:
+    """Lock a new staging folder for as long as this process lives: the
+    kernel releases the lock when the process ends, however it ends, which
+    is how `remove_leftovers` tells a killed run's folder from a live one.
+    (ffmpeg does not inherit the handle: Popen closes it in the child.)"""
+    if fcntl is None:
+        return None
+    handle = (staging / _LOCK).open("wb")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
 
 
 def _move_frames(frames: Path, output: Path) -> None:
@@ -547,22 +755,41 @@ def _move_frames(frames: Path, output: Path) -> None:
         os.replace(new, output / new.name)
 
 
-# Lines ffmpeg prints after the real cause, as the failure cascades.
+# Lines ffmpeg prints after the real cause, as the failure cascades; many
+# end with the cause itself ("Error writing trailer: No space left on device").
 _FOLLOW_UPS = (
     "Error while opening encoder", "Error sending frames", "Task finished with error", "Terminating thread",
     "Could not open encoder before EOF", "Nothing was written", "Conversion failed", "Error submitting",
-    "Error closing", "Error writing trailer", "Error muxing",
+    "Error closing", "Error writing trailer", "Error muxing", "Error opening output file",
+    "Error opening output files", "Could not write header",
 )
+# Lines that say nothing at all.
+_NOISE = re.compile(r"^(Last message repeated \d+ times?|\S+ @ 0x[0-9a-f]+\]?)$")
 
 
 def _ffmpeg_reason(stderr: str) -> str:
     """The line that says why ffmpeg failed. ffmpeg logs the cause first and
-    then the cascade it sets off, so the first line that is not part of the
-    cascade, with its '[libx264 @ 0x...]' prefixes removed."""
-    for line in stderr.splitlines():
-        line = re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip()
-        if line and not line.startswith(_FOLLOW_UPS):
+    then the cascade it sets off, so the first line that is neither part of
+    the cascade nor noise ('Last message repeated 1 times'), with its
+    '[libx264 @ 0x...]' prefixes removed. When the cause appears only at the
+    end of cascade lines (a full disk: 'Error submitting a packet to the
+    muxer: No space left on device'), that cause."""
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in stderr.splitlines()]
+    lines = [line for line in lines if line and not _NOISE.match(line)]
+    for line in lines:
+        if not line.startswith(_FOLLOW_UPS):
             return line
+    for line in lines:
+        cause = re.search(r":\s*(?:-?\d+\s*)?\(?([A-Z][^():]*[a-z][^():]*?)\)?\s*$", line)
+        if cause:
+            return cause.group(1)
+    return lines[0] if lines else ""
+
+
+def _hint(reason: str) -> str:
+    """What to do about a failure ffmpeg reports in words a user may not act on."""
+    if "No space left on device" in reason:
+        return "; free some space on that disk, or write the output to another one"
     return ""
 
 
@@ -572,7 +799,8 @@ def open_writer(
     """Start ffmpeg for `output`: a video file, or a directory of PNG frames
     (`is_frame_directory`). `width`/`height`/`fps` describe the frames to be
     written (4x the source's size, 2x its rate). Frames are uint16 when the
-    source has more than 8 bits, else uint8.
+    source has more than 8 bits, else uint8. Says, once, what of the source
+    the output cannot carry (`_warn_what_is_lost`).
 
     Does not repeat `check_output`/`check_encoder`; call them first, before
     the expensive work. An existing output is replaced only by `close()`.
@@ -581,16 +809,16 @@ def open_writer(
     output = Path(output)
     size = {"width": width, "height": height, "dtype": np.uint16 if source.bit_depth > 8 else np.uint8}
     if frames:
-        if source.rotation:
-            log.warning("PNG frames cannot carry the %d degree display rotation; stored as coded", source.rotation)
+        _warn_what_is_lost(source, output, None, fps)
         home = output if output.is_dir() else output.parent
-        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.stvsr-", dir=home))
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(output), dir=home))
         folder = staging / "frames"
         folder.mkdir()  # unlike mkdtemp's folder, with the user's usual permissions
         command = frames_command(folder / "%05d.png", source, width=width, height=height, fps=fps)
         return FrameWriter(command, output, staging, functools.partial(_move_frames, folder, output), **size)
-    options = resolve_options(options, source.bit_depth)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.stvsr-", dir=output.parent))
+    options = resolve_options(options, output, source.bit_depth)
+    _warn_what_is_lost(source, output, _muxer_for(output), fps)
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(output), dir=output.parent))
     target = staging / output.name  # same extension, so ffmpeg picks the same container
     try:
         command = video_command(target, source, width=width, height=height, fps=fps, options=options)
@@ -598,3 +826,64 @@ def open_writer(
         shutil.rmtree(staging)
         raise
     return FrameWriter(command, output, staging, functools.partial(os.replace, target, output), **size)
+
+
+def _warn_what_is_lost(source: VideoInfo, output: Path, muxer: str | None, fps: Fraction) -> None:
+    """One warning for each thing of the source that the output will not
+    have; `muxer` None for PNG frames."""
+    name = source.path.name
+    if source.alpha:
+        log.warning("%s has an alpha channel (transparency), which stvsr does not upscale: the output is opaque", name)
+    if source.interlaced:
+        log.warning("%s is interlaced (%s) and stvsr does not deinterlace it: the output is progressive and keeps "
+                    "any combing; deinterlace it first (ffmpeg's bwdif or yadif filter) for a clean result",
+                    name, source.interlaced)
+    if source.timecode and muxer not in _TIMECODE_MUXERS:
+        where = "PNG frames" if muxer is None else f"the {muxer} container"
+        log.warning("%s starts at timecode %s, which %s cannot carry; write .mov, .mp4 or .mkv to keep it",
+                    name, source.timecode, where)
+    if muxer is None and source.rotation:
+        log.warning("PNG frames cannot carry the %d degree display rotation; stored as coded", source.rotation)
+    if muxer == "gif" and fps > _GIF_MAX_FPS:
+        log.warning("a GIF cannot play more than %d frames a second (its frame delays are hundredths of a second, "
+                    "and browsers slow shorter ones down): this %s fps one will stutter; write .mp4 or .webm for "
+                    "smooth motion", _GIF_MAX_FPS, f"{float(fps):.4g}")
+
+
+def try_encoder(
+    output: Path | str, source: VideoInfo, *, width: int, height: int, fps: Fraction, options: EncodeOptions
+) -> None:
+    """Encode one black frame of the real size with the real settings
+    (encoder, pixel format, crf, preset, container) into a temporary file,
+    and raise StvsrError with ffmpeg's reason if that fails: what only shows
+    when the encoder opens (a hardware encoder without its GPU or driver, a
+    preset name the encoder does not know, a frame too large for it) then
+    fails in a tenth of a second instead of after the first window. Nothing
+    to try for PNG frames."""
+    if is_frame_directory(output):
+        return
+    options = resolve_options(options, output, source.bit_depth)
+    muxer = _muxer_for(Path(output))
+    command = [*_pipe_input(source, width, height, fps), "-map", "0:v", *_video_options(source, muxer, options)]
+    frame = width * height * 3 * (2 if source.bit_depth > 8 else 1)
+    reason = _try_command(tuple(command), muxer, Path(output).suffix, frame)
+    if reason is not None:
+        hint = ("; it needs its GPU and driver, which are not usable here: use a software encoder such as libx264"
+                if _HARDWARE.search(options.codec) else "")
+        raise StvsrError(f"{options.codec} cannot encode {Path(output).name} here: {reason}{hint}")
+
+
+@functools.lru_cache(maxsize=64)
+def _try_command(command: tuple[str, ...], muxer: str, suffix: str, frame_bytes: int) -> str | None:
+    """ffmpeg's reason for failing to encode one black frame with `command`
+    (without its output), or None when it works. Cached: the outcome
+    depends only on the command."""
+    with tempfile.TemporaryDirectory(prefix="stvsr-try-") as folder:
+        target = Path(folder) / f"try{suffix}"
+        result = subprocess.run([*command, "-frames:v", "1", "-f", muxer, str(target)],
+                                input=bytes(frame_bytes), capture_output=True)
+    if result.returncode == 0:
+        return None
+    stderr = result.stderr.decode(errors="replace")
+    log.debug("trying the encoder failed with %s:\n%s", result.returncode, stderr)
+    return _ffmpeg_reason(stderr) or f"ffmpeg stopped with exit status {result.returncode}"

@@ -369,6 +369,8 @@ def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions 
         if progress:
             progress(done[0], total)
 
+    if progress:
+        progress(0, total)  # the work starts: a rate is measured from here
     results = [_score_clip(clip, upscaler, options, rows, step) for clip in usable]
     return EvalReport(tuple(results), rows, skipped, seconds=time.perf_counter() - started)
 

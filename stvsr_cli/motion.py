@@ -34,7 +34,6 @@ in-between frame (see `stvsr_cli.megan`).
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -76,6 +75,8 @@ def estimate_flow(source: Tensor, target: Tensor) -> Tensor:
         if pad_h or pad_w:
             gray = F.pad(gray, (0, pad_w, 0, pad_h), mode="replicate")
         gray = gray.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()[:, 0]
+    import cv2  # here, not at the top: it takes half a second to import, and only a motion prior needs it
+
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     dis.setFinestScale(0)  # down to full resolution: LR frames have no detail to spare
     flows = np.stack([dis.calc(gray[i], gray[n + i], None) for i in range(n)])  # (N, H', W', 2)

@@ -23,12 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-# LR pixels. A tile of 160 is five of the network's 32x32 attention windows
-# across; at about 0.1 MB per LR pixel in fp32 (measured on CPU, paper
-# preset) one tile needs about 2.6 GB, so a 1080p-output run (LR 480x270,
-# 8 tiles) keeps well inside 8 GB of GPU memory in reduced precision.
-DEFAULT_TILE = 160
-DEFAULT_OVERLAP = 16
+from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE  # why 160 and 16: see there
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -74,6 +69,8 @@ def upscale_tiled(
     tile_w = width if tile <= 0 else min(tile, width)
     boxes = [(top, left) for top in tile_starts(height, tile_h, overlap) for left in tile_starts(width, tile_w, overlap)]
     if len(boxes) == 1:
+        if b <= batch:
+            return run(windows)  # no copy: a window's outputs are the largest thing a run holds
         return torch.cat([run(windows[i : i + batch]) for i in range(0, b, batch)])
 
     # (scale*tile_h, scale*tile_w) blend weights per box and their per-pixel sum
@@ -100,4 +97,4 @@ def upscale_tiled(
             rows = slice(scale * top, scale * (top + tile_h))
             cols = slice(scale * left, scale * (left + tile_w))
             output[index, :, :, rows, cols] += result * weights[box]
-    return output / weight_sum.to(output.device)
+    return output.div_(weight_sum.to(output.device))  # in place: no second copy of the outputs

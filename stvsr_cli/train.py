@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -61,7 +62,16 @@ from .inference import Upscaler, resolve_device, resolve_precision
 from .networks import Network, build_network
 from .metrics import psnr_y
 from .runlog import RunLog, progress_bar
-from .weights import clean_state_dict, load_state_strict, open_weights, save_weights, write_atomically
+from .weights import (
+    clean_state_dict,
+    load_state_strict,
+    open_weights,
+    read_checkpoint,
+    save_weights,
+    write_atomically,
+)
+
+log = logging.getLogger("stvsr")
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
@@ -228,6 +238,7 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
     )
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     last_loss, bad_in_a_row, seconds, mark = None, 0, 0.0, time.perf_counter()
+    pace = _Pace()
 
     with progress_bar(console, enabled=not options.quiet and rank == 0) as progress:
         task = progress.add_task("train", total=options.iters, completed=step, loss="-", lr="-")
@@ -256,7 +267,10 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
             step += 1
             interval[2] += 1
             progress.update(task, advance=1, loss=f"{loss_value:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-            seconds += time.perf_counter() - mark  # loading and training; validation and saving excluded
+            elapsed = time.perf_counter() - mark  # loading and training; validation and saving excluded
+            seconds += elapsed
+            if pace.add(elapsed) and rank == 0:
+                _report_pace(progress.console, pace.per_step, options.iters - step, device)
 
             if step % options.log_every == 0 or step == options.iters:
                 last_loss = interval[0] / interval[1] if interval[1] else None
@@ -366,16 +380,65 @@ def save_checkpoint(path: Path, model: Network, optimizer, schedule, scaler, ste
 
 
 def load_checkpoint(path: Path) -> dict:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for a damaged file
-        raise StvsrError(f"{path} is not a readable checkpoint ({str(error).splitlines()[0]})") from None
+    if path.stat().st_size == 0:
+        raise StvsrError(f"{path} is empty (0 bytes), so the run cannot be resumed from it; start a new run in "
+                         f"another --out folder (with --init {path.parent / 'best.safetensors'} if there is one)")
+    checkpoint = read_checkpoint(path)  # a WeightsError, in words, when it is not a checkpoint at all
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise StvsrError(f"{path} is not a stvsr training checkpoint")
     return checkpoint
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+# A CPU run expected to take longer than this gets a warning: the defaults
+# (paper preset, 20,000 steps of 16) are a GPU recipe and take weeks there.
+_LONG_RUN = 24 * 3600.0
+
+
+class _Pace:
+    """Seconds a step, measured over `measure` steps after the first of
+    this process (which also starts the data loaders and warms up the
+    allocator), for the run's ETA; `add` says when the measurement is done."""
+
+    def __init__(self, measure: int = 3) -> None:
+        self.measure = measure
+        self.steps = -1  # the first step is not measured
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> bool:
+        self.steps += 1
+        if self.steps >= 1:
+            self.seconds += seconds
+        return self.steps == self.measure
+
+    @property
+    def per_step(self) -> float:
+        return self.seconds / max(self.steps, 1)
+
+
+def _report_pace(console: Console, per_step: float, steps_left: int, device: torch.device) -> None:
+    """After the first steps: the measured time a step and the time the
+    rest of the run will take (validation and checkpoints not counted), with
+    a warning when a CPU run would take more than a day."""
+    left = per_step * steps_left
+    console.print(f"{per_step:.2f} s a step (measured over the first steps); the {steps_left:,} steps left take "
+                  f"about {_duration(left)}, not counting validation", highlight=False)
+    if device.type == "cpu" and left > _LONG_RUN:
+        log.warning("on the CPU this run would take about %s; the defaults (--preset paper, --iters 20000, "
+                    "--batch 16) are the paper's GPU recipe: on a CPU use --preset small and fewer --iters or a "
+                    "smaller --batch, or a GPU", _duration(left))
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
+
 
 
 class _StepBatches(Sampler):

@@ -11,13 +11,22 @@ The middle stage is the one `stvsr eval` runs too, so what eval scores is
 what upscale writes.
 
 Everything that can be checked before work starts is checked first (input,
-output path, codec, weights), so a bad option fails in a second, not after
-an hour. Any failure, or Ctrl-C, aborts the encoder, which removes its
-temporary file: OUTPUT appears complete or not at all.
+output path, codec, weights, memory, one frame through the encoder), so a
+bad option fails in a second, not after an hour. Any failure, or Ctrl-C,
+aborts the encoder, which removes its temporary file: OUTPUT appears
+complete or not at all.
+
+Memory. Tiles bound the network's own memory, but not what grows with the
+whole frame: each window's output frames (float32, the largest item), the
+frames queued for the encoder and the encoder itself. `memory_plan`
+estimates what each stage holds, from measured figures, and a run that
+would not fit is refused before it starts, with the figure and what lowers
+it (`check_memory`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -32,14 +41,36 @@ import torch
 from torch import Tensor
 
 from .decode import VideoInfo, decode, probe
-from .encode import EncodeOptions, check_encoder, check_output, open_writer
+from .encode import (
+    EncodeOptions,
+    check_encoder,
+    check_output,
+    is_frame_directory,
+    open_writer,
+    remove_leftovers,
+    resolve_options,
+    try_encoder,
+)
+from .errors import StvsrError
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
 
 _QUEUE_WINDOWS = 4  # batches of windows the decoder may run ahead (a window needs 2 new frames)
-_QUEUE_FRAMES = 16  # finished frames waiting for the encoder
+_QUEUE_FRAMES = 16  # finished frames waiting for the encoder, at most
+_QUEUE_BYTES = 256 << 20  # ... and at most this much of them, but 2 frames at least
+
+# What the stages hold, measured on a 2-core CPU (PyTorch 2.14, fp32), for
+# `memory_plan`. The network's activations for one tile, per LR pixel and
+# per channel of the network: 45 KB per LR pixel for the small preset (32
+# channels) and 78 KB for paper (64), peak RSS over one 96x96 window.
+_ACTIVATION_BYTES_PER_CHANNEL = 1400
+# ffmpeg encoding with libx264 (preset medium, its lookahead and reference
+# frames): 169 MB peak RSS at 1024x576, 532 MB at 2048x1152, so about 205
+# bytes per output pixel and 50 MB besides; libvpx-vp9 153 MB at 1024x576.
+_ENCODER_BYTES_PER_PIXEL = 220
+_ENCODER_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -95,17 +126,23 @@ def upscale_video(
     check_output(input, output, overwrite=options.overwrite)
     check_encoder(options.encode, output)
     check_run_options(options.tile, options.tile_overlap, options.batch)
+    remove_leftovers(output)
     if upscaler is None:
         upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
 
     scale = upscaler.scale
     size = (info.width * scale, info.height * scale)
     fps = info.fps * 2
+    frames = is_frame_directory(output)
+    check_memory(info, upscaler, options, frames=frames)
+    # Resolved once here, so that what resolving says (8 bits for a deeper source) is said once.
+    encode = options.encode if frames else resolve_options(options.encode, output, info.bit_depth)
+    try_encoder(output, info, width=size[0], height=size[1], fps=fps, options=encode)
     total = 2 * info.frame_count if info.frame_count else None
     pipeline = _Pipeline(info, upscaler, options)
     if progress:
         progress(0, total)
-    with open_writer(output, info, width=size[0], height=size[1], fps=fps, options=options.encode) as writer:
+    with open_writer(output, info, width=size[0], height=size[1], fps=fps, options=encode) as writer:
         written = pipeline.run(writer.write, lambda done: progress and progress(done, total))
     return UpscaleResult(
         output=Path(output),
@@ -135,8 +172,8 @@ class _Pipeline:
         self._errors: list[BaseException] = []
 
     def run(self, write: Callable[[np.ndarray], None], on_frame: Callable[[int], None]) -> int:
-        input_queue: queue.Queue = queue.Queue(maxsize=_QUEUE_WINDOWS * self.options.batch * 2)
-        frame_queue: queue.Queue = queue.Queue(maxsize=_QUEUE_FRAMES)
+        input_queue: queue.Queue = queue.Queue(maxsize=_input_queue_frames(self.options.batch))
+        frame_queue: queue.Queue = queue.Queue(maxsize=_output_queue_frames(self.info, self.upscaler.scale))
         written = [0]
 
         def encode() -> None:
@@ -228,3 +265,125 @@ class _Pipeline:
 
 class _Stopped(Exception):
     """Another stage failed or was interrupted; this one stops quietly."""
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _input_queue_frames(batch: int) -> int:
+    return _QUEUE_WINDOWS * batch * 2
+
+
+def _output_frame_bytes(info: VideoInfo, scale: int) -> int:
+    return info.width * scale * info.height * scale * 3 * (2 if info.bit_depth > 8 else 1)
+
+
+def _output_queue_frames(info: VideoInfo, scale: int) -> int:
+    return max(2, min(_QUEUE_FRAMES, _QUEUE_BYTES // _output_frame_bytes(info, scale)))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes each stage of a run holds at its peak, by where they live:
+    `host` (RAM) and `device` (the GPU's memory; empty on a CPU run, whose
+    device stages are in `host`)."""
+
+    host: dict[str, int]
+    device: dict[str, int]
+
+
+def memory_plan(info: VideoInfo, upscaler: Upscaler, options: UpscaleOptions, frames: bool = False) -> MemoryPlan:
+    """What a run of `upscaler` over `info`'s video will hold, stage by
+    stage, from the frame size, the options and measured figures (see the
+    constants above); `frames` for PNG output, which has no video encoder."""
+    config = upscaler.model.config
+    lr_pixels = info.width * info.height
+    out_pixels = lr_pixels * upscaler.scale**2
+    deep = info.bit_depth > 8
+    batch = options.batch
+    # An LR frame is uint8 (H, W, 3), or float32 from a deep source.
+    lr_frame = lr_pixels * 3 * (4 if deep else 1)
+    held_lr = _input_queue_frames(batch) + config.input_frames * (batch + 1) + 2  # queue, planner, windows, decoder
+    tile_pixels = lr_pixels if options.tile <= 0 else min(options.tile, info.width) * min(options.tile, info.height)
+    window_outputs = config.output_frames * 3 * 4 * out_pixels  # float32
+    frame_bytes = _output_frame_bytes(info, upscaler.scale)
+    on_device = {
+        "the network": _ACTIVATION_BYTES_PER_CHANNEL * config.channels * tile_pixels * batch,
+        f"window outputs ({batch + 1} windows of {config.output_frames} frames)": (batch + 1) * window_outputs,
+    }
+    on_host = {
+        "decoded frames": held_lr * lr_frame,
+        "finished frames": _output_queue_frames(info, upscaler.scale) * frame_bytes + 2 * 3 * 4 * out_pixels,
+        "the encoder (ffmpeg)": (2 * frame_bytes if frames
+                                 else _ENCODER_BYTES + _ENCODER_BYTES_PER_PIXEL * out_pixels * (2 if deep else 1)),
+    }
+    if upscaler.device.type == "cpu":
+        return MemoryPlan({**on_device, **on_host}, {})
+    return MemoryPlan(on_host, on_device)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for a new allocation: the GPU's free memory, or for the
+    host (device 'cpu') what Linux reports as available; None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(info: VideoInfo, upscaler: Upscaler, options: UpscaleOptions, frames: bool = False) -> None:
+    """Refuse a run that would not fit in memory (`memory_plan`), in one
+    line: what it needs, where, the largest parts, and what would make it
+    fit (a smaller --batch or --tile, or a smaller input)."""
+    plan = memory_plan(info, upscaler, options, frames)
+    for where, stages, device in (("memory", plan.host, torch.device("cpu")),
+                                  (f"{upscaler.device} memory", plan.device, upscaler.device)):
+        if not stages:
+            continue
+        available = available_memory(device)
+        needed = sum(stages.values())
+        if available is None or needed <= available:
+            continue
+        parts = ", ".join(f"{name} {_size(size)}" for name, size in sorted(stages.items(), key=lambda kv: -kv[1])[:3])
+        raise StvsrError(
+            f"upscaling {info.width}x{info.height} frames to {info.width * upscaler.scale}x"
+            f"{info.height * upscaler.scale} needs about {_size(needed)} of {where} ({parts}), and "
+            f"{_size(available)} is free; {_advice(info, upscaler, options, frames, where, available)}"
+        )
+
+
+def _advice(info: VideoInfo, upscaler: Upscaler, options: UpscaleOptions, frames: bool, where: str,
+            available: int) -> str:
+    """The smallest change that makes the run fit: --batch 1, a smaller
+    --tile, or else an input scaled down to a size that fits."""
+    def needed(info: VideoInfo, options: UpscaleOptions) -> int:
+        plan = memory_plan(info, upscaler, options, frames)
+        return sum((plan.host if where == "memory" else plan.device).values())
+
+    single = dataclasses.replace(options, batch=1)
+    lighter = [(single, "--batch 1")] if options.batch > 1 else []
+    lighter += [(dataclasses.replace(single, tile=tile), f"--tile {tile}" + " --batch 1" * (options.batch > 1))
+                for tile in (DEFAULT_TILE, 96, 64) if options.tile <= 0 or options.tile > tile]
+    for changed, flags in lighter:
+        if needed(info, changed) <= available:
+            return f"use {flags}, or scale the input down first"
+    width, height = info.width, info.height
+    while width > 16 and height > 16:
+        width, height = int(width * 0.95) // 2 * 2, int(height * 0.95) // 2 * 2
+        if needed(dataclasses.replace(info, width=width, height=height), single) <= available:
+            batch = " and use --batch 1" if options.batch > 1 else ""
+            return f"scale the input down to at most {width}x{height} first{batch}"
+    return "run it on a machine with more memory"
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**30:.1f} GB" if size >= 2**30 else f"{size / 2**20:.0f} MB"

@@ -22,6 +22,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -150,6 +151,9 @@ def open_weights(path: str | os.PathLike) -> Weights:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist; pass --weights with the path of a .safetensors file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes), so it is not a stvsr weights file; "
+                           "was its copy or download cut short?")
     with path.open("rb") as file:
         head = file.read(9)
     # safetensors: an 8-byte little-endian header length, then a JSON header.
@@ -275,14 +279,27 @@ def _read_safetensors(path: Path) -> Weights:
     return Weights(_parse_config(metadata.get("network", "megan"), config, path), state, "stvsr weights", metadata)
 
 
-def _read_checkpoint(path: Path) -> Weights:
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """`torch.load(weights_only=True)` of a pickled checkpoint, whatever its
+    name: given a path, torch.load reads a file named `.safetensors` as
+    safetensors, and fails on a pickle that is named so; given the open
+    file, it looks at the content. Raises WeightsError for anything else."""
+    path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
+        # torch warns about pickle protocols it may not read; the error, if any, says it in one line
+        with path.open("rb") as file, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, SafetensorError) as error:
         raise WeightsError(
             f"{path} is not a readable PyTorch checkpoint of plain tensors "
             f"(stvsr never unpickles arbitrary objects): {_first_line(error)}"
         ) from error
+
+
+def _read_checkpoint(path: Path) -> Weights:
+    checkpoint = read_checkpoint(path)
+    state = None
     if isinstance(checkpoint, dict):
         state = next((checkpoint[key] for key in ("model", "state_dict") if isinstance(checkpoint.get(key), dict)), None)
         if state is not None and isinstance(checkpoint.get("config"), dict):  # stvsr's training checkpoint

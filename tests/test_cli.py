@@ -1,6 +1,11 @@
 """The command line: help, version, and one-line errors."""
 
-import click
+import importlib.abc
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -8,6 +13,11 @@ from click.testing import CliRunner
 from stvsr_cli import PRESETS, MEGAN, MEGANConfig, WeightsError, __version__, save_weights
 from stvsr_cli.weights import weights_metadata
 from stvsr_cli.cli import main
+
+
+# Subprocesses import this checkout's stvsr_cli, whatever is installed.
+ROOT_ON_PATH = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent),
+                                                            os.environ.get("PYTHONPATH", "")])}
 
 
 @pytest.fixture
@@ -58,9 +68,24 @@ def test_bad_weights_file_gives_one_line_and_no_traceback(runner, tmp_path):
     path.write_bytes(b"definitely not weights")
     result = runner.invoke(main, ["info", "--weights", str(path)])
     assert result.exit_code == 1
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stvsr: error:") and "not a stvsr weights file" in lines[0]
-    assert "Traceback" not in result.output
+    assert result.output.startswith("stvsr: error:") and result.output.count("\n") == 1  # no blank line before it
+    assert "not a stvsr weights file" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("save", ["zip", "legacy", "pickle"])
+def test_a_pickle_named_safetensors_gets_the_same_clean_line(runner, tmp_path, save):
+    """torch.load reads a `.safetensors` name as safetensors, whatever the content."""
+    import pickle
+
+    path = tmp_path / "weights.safetensors"
+    if save == "pickle":
+        path.write_bytes(pickle.dumps({"model": 1}))
+    else:
+        torch.save({"model": torch.zeros(3)}, path, _use_new_zipfile_serialization=save == "zip")
+    result = runner.invoke(main, ["info", "--weights", str(path)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("stvsr: error:") and result.output.count("\n") == 1, result.output
+    assert "unexpected" not in result.output and "stvsr" in result.output.split("error:", 1)[1]
 
 
 @pytest.mark.parametrize("where", ["group", "command"])
@@ -80,10 +105,27 @@ def test_every_command_has_help_and_a_debug_flag(runner):
         assert "--debug" in result.output and "Example" in result.output, name
 
 
-def test_info_needs_exactly_one_source(runner):
+def test_info_alone_describes_the_shipped_weights(runner):
+    from stvsr_cli.weights import default_weights_path
+
     result = runner.invoke(main, ["info"])
+    assert result.exit_code == 0, result.output
+    assert str(default_weights_path()) in result.output
+    assert "small" in result.output and f"{MEGAN(PRESETS['small']).num_parameters():,}" in result.output
+
+
+def test_info_takes_one_source_at_most(runner, tmp_path):
+    result = runner.invoke(main, ["info", "--preset", "tiny", "--weights", str(tmp_path / "x.safetensors")])
     assert result.exit_code == 1
-    assert "give exactly one of --preset or --weights" in result.output
+    assert "one of --preset or --weights" in result.output
+
+
+def test_info_shows_a_long_weights_file_name_whole(runner, tmp_path):
+    path = tmp_path / "a-rather-long-name-for-a-weights-file.safetensors"
+    save_weights(MEGAN(PRESETS["tiny"]), path)
+    result = runner.invoke(main, ["info", "--weights", str(path)], env={"COLUMNS": "60"}, terminal_width=60)
+    assert result.exit_code == 0, result.output
+    assert any(path.name in line for line in result.output.splitlines()), result.output  # not split mid-word
 
 
 def test_unknown_preset_is_a_usage_error(runner):
@@ -96,7 +138,7 @@ def test_unexpected_errors_are_one_line_too(runner, monkeypatch):
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("stvsr_cli.cli.build_network", explode)
+    monkeypatch.setattr("stvsr_cli.networks.build_network", explode)
     result = runner.invoke(main, ["info", "--preset", "tiny"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
@@ -108,7 +150,70 @@ def test_ctrl_c_exits_130(runner, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("stvsr_cli.cli.build_network", interrupt)
+    monkeypatch.setattr("stvsr_cli.networks.build_network", interrupt)
     result = runner.invoke(main, ["info", "--preset", "tiny"])
     assert result.exit_code == 130
-    assert "interrupted" in result.output
+    assert result.output == "stvsr: interrupted\n"
+
+
+def test_ctrl_c_while_a_command_loads_the_library_is_one_line(runner, monkeypatch):
+    """The first seconds of a command go to importing PyTorch and PyAV: Ctrl-C
+    there used to print a 20-line traceback."""
+
+    class CtrlCDuringImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "stvsr_cli.upscale":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "stvsr_cli.upscale", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [CtrlCDuringImport(), *sys.meta_path])
+    result = runner.invoke(main, ["upscale", "in.mp4", "out.mp4"])
+    assert result.exit_code == 130
+    assert result.output == "stvsr: interrupted\n"
+
+
+def test_ctrl_c_while_the_command_line_itself_loads_is_one_line():
+    """The `stvsr` script imports the CLI before any of its code runs."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class CtrlC(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'stvsr_cli.defaults':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, CtrlC())\n"
+        "import stvsr_cli.cli\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ROOT_ON_PATH)
+    assert (result.returncode, result.stderr) == (130, "stvsr: interrupted\n")
+
+
+def test_the_command_line_starts_without_pytorch():
+    """`stvsr --help` and `--version` answer without importing PyTorch, PyAV
+    or rich (seconds of start-up)."""
+    code = (
+        "import sys, stvsr_cli.cli; "
+        "print(sorted(m for m in ('torch', 'torchvision', 'av', 'numpy', 'cv2', 'rich') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=ROOT_ON_PATH)
+    assert result.stdout == "[]\n"
+
+
+def test_the_library_names_still_import_from_the_package():
+    import stvsr_cli
+    from stvsr_cli import MEGAN, PRESETS, Upscaler, load_model, save_weights  # noqa: F401
+
+    assert MEGAN.__module__ == "stvsr_cli.megan" and Upscaler.__module__ == "stvsr_cli.inference"
+    assert set(stvsr_cli.__all__) <= set(dir(stvsr_cli))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        stvsr_cli.nothing
+
+
+def test_encoders_lists_the_encoders_of_the_ffmpeg_stvsr_runs(runner):
+    from stvsr_cli.encode import ffmpeg_exe
+
+    result = runner.invoke(main, ["encoders"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "libx264" in result.output and "libvpx-vp9" in result.output and "aac " not in result.output
+    assert ffmpeg_exe() in result.output.replace("\n", "")

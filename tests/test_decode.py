@@ -390,6 +390,25 @@ def test_truncated_file_yields_what_it_has_then_says_so(tmp_path):
     assert [nearest_pattern(f, candidates=48) for f in frames] == list(range(len(frames)))
 
 
+@pytest.mark.parametrize("container, fraction", [("mkv", 0.45), ("mkv", 0.75), ("ts", 0.3), ("ts", 0.75)])
+def test_a_cut_file_is_not_taken_for_variable_frame_rate(tmp_path, caplog, container, fraction):
+    """Cutting a file with B frames loses frames shown just before its last
+    ones, which read as gaps in the timestamps: no variable-frame-rate
+    warning for that (MPEG-TS has no length to tell a cut by; Matroska does)."""
+    whole = tmp_path / f"whole.{container}"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=128x96:r=25:d=4", "-c:v", "libx264", "-bf", "3", "-g", "12", whole)
+    cut = tmp_path / f"cut.{container}"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with caplog.at_level(logging.WARNING, logger="stvsr"):
+        if container == "mkv":
+            with pytest.raises(StvsrError, match="looks truncated"):
+                list(decode(probe(cut)))
+        else:
+            assert 0 < len(list(decode(probe(cut)))) < 100
+    assert caplog.records == []
+
+
 def test_garbage_in_the_middle_names_the_frame_and_the_repair(tmp_path):
     data = bytearray(make_video(tmp_path / "whole.mp4", frames=48).read_bytes())
     middle = len(data) // 2

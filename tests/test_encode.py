@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from stvsr_cli.decode import ColorInfo, VideoInfo
+from stvsr_cli.decode import ColorInfo, VideoInfo, probe
 from stvsr_cli.encode import (
     EncodeOptions,
     check_encoder,
@@ -27,7 +28,7 @@ from stvsr_cli.encode import (
     video_command,
 )
 from stvsr_cli.errors import StvsrError
-from videos import make_video, stream_durations
+from videos import make_video, read_video, stream_durations
 
 FAST = EncodeOptions(preset="ultrafast")
 OUT_FPS = Fraction(48)  # sources are 24 fps; the output has twice the rate
@@ -170,6 +171,42 @@ def test_bitmap_subtitle_that_mp4_cannot_hold_is_dropped_with_a_warning(tmp_path
     assert command[command.index("1:s:0") + 1 :][:2] == ["-c:s:0", "copy"]
 
 
+# -------------------------------------------- what the extension brings
+
+
+def streams_of(path: Path) -> list[tuple[str, str]]:
+    with av.open(str(path)) as container:
+        return [(s.type, s.codec_context.name) for s in container.streams if s.codec_context]
+
+
+@pytest.mark.parametrize(
+    "name, streams",
+    [("out.webm", [("video", "vp9"), ("audio", "opus")]),
+     ("out.ts", [("video", "h264"), ("audio", "aac")]),
+     ("out.gif", [("video", "gif")])],
+)
+def test_each_extension_works_in_one_run_with_its_own_defaults(tmp_path, caplog, name, streams):
+    """No --codec, --pix-fmt or --no-audio needed: .webm gets VP9 and Opus,
+    .ts H.264 and the AAC copied, .gif a palette a frame and no sound."""
+    source = make_video(tmp_path / "in.mp4", frames=12, audio=True)
+    with caplog.at_level(logging.WARNING, logger="stvsr"):
+        encode(tmp_path / name, source_info(source), flat((90, 120, 150), count=8), EncodeOptions())
+    assert streams_of(tmp_path / name) == streams
+    assert len(read_video(tmp_path / name)[0]) == 8
+    dropped = [r.getMessage() for r in caplog.records if "holds no audio" in r.getMessage()]
+    assert dropped == (["the gif container holds no audio: the audio of in.mp4 is left out; "
+                        "write .mp4 or .mkv to keep it"] if name == "out.gif" else [])
+
+
+def test_a_gif_of_more_than_50_fps_is_warned_about(tmp_path, caplog):
+    source = source_info(make_video(tmp_path / "in.mp4"))
+    with caplog.at_level(logging.WARNING, logger="stvsr"):
+        with open_writer(tmp_path / "out.gif", source, width=16, height=16, fps=Fraction(60),
+                         options=EncodeOptions()) as writer:
+            writer.write(flat((1, 2, 3), count=1, size=16)[0])
+    assert "this 60 fps one will stutter" in caplog.text
+
+
 # ------------------------------------------------------------------ colour
 
 
@@ -263,6 +300,81 @@ def test_frames_replace_old_numbered_pngs_in_an_existing_directory(tmp_path):
     assert read_png(folder / "00001.png")[0, 0].tolist() == [1, 2, 3]
 
 
+def test_a_percent_sign_in_the_folders_is_not_a_pattern(tmp_path):
+    """ffmpeg reads '%d' in an image sequence's path as a frame number."""
+    source = source_info(make_video(tmp_path / "in.mp4"))
+    folder = tmp_path / "out" / "50%d"
+    folder.parent.mkdir()
+    encode(f"{folder}/", source, flat((1, 2, 3), count=3, size=16))
+    assert sorted(p.name for p in folder.iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    (tmp_path / "v%02d").mkdir()
+    encode(tmp_path / "v%02d" / "out.mp4", source, flat((1, 2, 3), count=3, size=16))
+    assert len(read_video(tmp_path / "v%02d" / "out.mp4")[0]) == 3
+
+
+# ------------------------------------------- what the output cannot carry
+
+
+def timecoded(tmp_path: Path, timecode: str = "01:00:00:12") -> Path:
+    path = tmp_path / "tc.mov"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=32x32:r=25:d=0.2", "-c:v", "libx264", "-timecode", timecode, str(path))
+    return path
+
+
+def timecode_of(path: Path) -> str | None:
+    with av.open(str(path)) as container:
+        for metadata in (*(s.metadata for s in container.streams), container.metadata):
+            if metadata.get("timecode") or metadata.get("TIMECODE"):
+                return metadata.get("timecode") or metadata.get("TIMECODE")
+    return None
+
+
+@pytest.mark.parametrize("name", ["out.mov", "out.mp4", "out.mkv"])
+def test_the_timecode_is_kept_at_the_new_frame_rate(tmp_path, caplog, name):
+    source = probe(timecoded(tmp_path))
+    assert source.timecode == "01:00:00:12"
+    with caplog.at_level(logging.WARNING, logger="stvsr"):
+        encode(tmp_path / name, source, flat((1, 2, 3), count=4, size=32))
+    assert timecode_of(tmp_path / name) == "01:00:00:24"  # frame 12 at 25 fps is frame 24 at 50
+    assert "timecode" not in caplog.text
+
+
+@pytest.mark.parametrize("timecode, fps, doubled", [
+    ("01:00:00:12", Fraction(25), "01:00:00:24"),
+    ("00:00:59;29", Fraction(30000, 1001), "00:00:59;58"),
+    ("00:01:00;02", Fraction(30000, 1001), "00:01:00;04"),  # drop-frame: ;00 and ;01 do not exist at 1:00
+    ("00:10:00;00", Fraction(30000, 1001), "00:10:00;00"),  # ... but do every tenth minute
+    ("10:00:00:23", Fraction(24000, 1001), "10:00:00:46"),
+])
+def test_timecodes_name_the_same_instant_at_twice_the_rate(timecode, fps, doubled):
+    from stvsr_cli.encode import double_rate_timecode
+
+    assert double_rate_timecode(timecode, fps) == doubled
+
+
+def test_what_the_output_cannot_carry_is_said_once_each(tmp_path, caplog):
+    """A timecode into MPEG-TS, alpha, interlacing: one warning each."""
+    source = replace(probe(timecoded(tmp_path)), alpha=True, interlaced="top field first")
+    with caplog.at_level(logging.WARNING, logger="stvsr"):
+        encode(tmp_path / "out.ts", source, flat((1, 2, 3), count=2, size=32))
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages
+    assert "tc.mov starts at timecode 01:00:00:12, which the mpegts container cannot carry" in messages[2]
+    assert "alpha channel" in messages[0] and "the output is opaque" in messages[0]
+    assert "interlaced (top field first)" in messages[1] and "the output is progressive" in messages[1]
+
+
+def test_probe_finds_alpha_and_interlacing(tmp_path):
+    alpha, interlaced = tmp_path / "alpha.mov", tmp_path / "interlaced.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=32x32:r=25:d=0.2", "-vf", "format=rgba", "-c:v", "png", str(alpha))
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=32x32:r=25:d=0.2", "-c:v", "libx264", "-flags", "+ilme+ildct",
+           "-x264opts", "tff=1", str(interlaced))
+    plain = probe(make_video(tmp_path / "plain.mp4"))
+    assert (probe(alpha).alpha, probe(alpha).interlaced) == (True, None)
+    assert (probe(interlaced).alpha, probe(interlaced).interlaced) == (False, "top field first")
+    assert (plain.alpha, plain.interlaced, plain.timecode) == (False, None, None)
+
+
 # ------------------------------------------------------------------ atomicity
 
 
@@ -275,6 +387,34 @@ def test_abort_midway_leaves_nothing(tmp_path):
     assert len(list(tmp_path.iterdir())) == len(before) + 1  # the hidden staging folder
     writer.abort()
     assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.skipif(os.name != "posix", reason="staging folders are locked with flock")
+def test_a_killed_runs_leftovers_are_removed_and_a_live_runs_are_left_alone(tmp_path, caplog):
+    from stvsr_cli.encode import remove_leftovers
+
+    source = source_info(make_video(tmp_path / "in.mp4"))
+    dead = tmp_path / ".out.mp4.stvsr-dead1234"  # what kill -9 leaves: a playable partial video, unlocked
+    dead.mkdir()
+    (dead / ".lock").write_bytes(b"")
+    (dead / "out.mp4").write_bytes(b"partial")
+    old = tmp_path / ".out.mp4.stvsr-old98765"  # no lock file: an older stvsr's, or just being made
+    old.mkdir()
+    writer = open_writer(tmp_path / "out.mp4", source, width=64, height=64, fps=OUT_FPS, options=FAST)
+    try:
+        (live,) = (p for p in tmp_path.iterdir() if p.name.startswith(".out.mp4.stvsr-") and p not in (dead, old))
+        with caplog.at_level(logging.WARNING, logger="stvsr"):
+            remove_leftovers(tmp_path / "out.mp4")
+        assert not dead.exists() and old.exists() and live.exists()
+        messages = sorted(r.getMessage() for r in caplog.records)
+        assert len(messages) == 3
+        assert messages[0].startswith(f"{old} is probably the unfinished output of an earlier stvsr run")
+        assert messages[1].startswith("another stvsr run is writing out.mp4 right now")
+        assert messages[2] == f"removed {dead}, the unfinished output of an earlier run into out.mp4 that was killed"
+        writer.write(flat((10, 20, 30))[0])
+    finally:
+        writer.abort()
+    assert not live.exists()
 
 
 def test_an_exception_in_the_caller_leaves_the_old_output_alone(tmp_path):
@@ -303,6 +443,88 @@ def test_a_frame_of_the_wrong_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="expected a"):
         encode(tmp_path / "out.mp4", source, flat((1, 2, 3), size=32) + flat((1, 2, 3), size=16))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+# Real stderr of the ffmpeg that stvsr runs (9.0.2), writing an MP4 and an MKV
+# onto a 200 KB tmpfs that filled up (`mount -t tmpfs -o size=200k`), and an
+# MP4 onto one that was full from the start.
+DISK_FULL_MP4 = """\
+[vost#0:0/libx264 @ 0x55b742b664c0] Error submitting a packet to the muxer: No space left on device
+    Last message repeated 1 times
+[out#0/mp4 @ 0x55b742b65700] Error muxing a packet
+[out#0/mp4 @ 0x55b742b65700] Task finished with error code: -28 (No space left on device)
+[out#0/mp4 @ 0x55b742b65700] Terminating thread with return code -28 (No space left on device)
+[out#0/mp4 @ 0x55b742b65700] Error writing trailer: No space left on device
+[out#0/mp4 @ 0x55b742b65700] Error closing file: No space left on device
+"""
+DISK_FULL_MKV = """\
+[out#0/matroska @ 0x56488f304d80] Error writing trailer: No space left on device
+[out#0/matroska @ 0x56488f304d80] Error closing file: No space left on device
+"""
+DISK_FULL_AT_THE_START = """\
+[out#0/mp4 @ 0x5599eb20b880] Could not write header (incorrect codec parameters ?): No space left on device
+[vf#0:0 @ 0x5599eb22f3c0] Error sending frames to consumers: No space left on device
+[vf#0:0 @ 0x5599eb22f3c0] Task finished with error code: -28 (No space left on device)
+[vf#0:0 @ 0x5599eb22f3c0] Terminating thread with return code -28 (No space left on device)
+[out#0/mp4 @ 0x5599eb20b880] Nothing was written into output file, because at least one of its streams received \
+no packets.
+"""
+NO_CUDA = """\
+[h264_nvenc @ 0x55d568019f80] Cannot load libcuda.so.1
+[vost#0:0/h264_nvenc @ 0x55d568019c00] [enc:h264_nvenc @ 0x55d568019f00] Error while opening encoder - maybe \
+incorrect parameters such as bit_rate, rate, width or height.
+[vf#0:0 @ 0x55d568035b40] Error sending frames to consumers: Operation not permitted
+[vost#0:0/h264_nvenc @ 0x55d568019c00] Task finished with error code: -22 (Invalid argument)
+"""
+
+
+@pytest.mark.parametrize("stderr, reason", [(DISK_FULL_MP4, "No space left on device"),
+                                            (DISK_FULL_MKV, "No space left on device"),
+                                            (DISK_FULL_AT_THE_START, "No space left on device"),
+                                            (NO_CUDA, "Cannot load libcuda.so.1")])
+def test_the_reason_ffmpeg_gives_is_found_under_its_cascade(stderr, reason):
+    from stvsr_cli.encode import _ffmpeg_reason
+
+    assert _ffmpeg_reason(stderr) == reason
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_full_disk_is_named_with_what_to_do(tmp_path, monkeypatch):
+    """The staging file is replaced by /dev/full, which refuses every write as a full disk does."""
+    source = source_info(make_video(tmp_path / "in.mp4"))
+    monkeypatch.setattr("stvsr_cli.encode.video_command",
+                        lambda target, *args, **kwargs: [*real_video_command(target, *args, **kwargs)[:-1],
+                                                         "-f", "matroska", "/dev/full"])
+    with pytest.raises(StvsrError) as error:
+        encode(tmp_path / "out.mkv", source, flat((10, 20, 30), count=30))
+    assert str(error.value).endswith("No space left on device; free some space on that disk, or write the output "
+                                     "to another one"), error.value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+real_video_command = video_command
+
+
+def test_an_encoder_that_cannot_start_fails_before_any_frame(tmp_path):
+    """A frame through the real settings finds what only the encoder knows."""
+    from stvsr_cli.encode import try_encoder
+
+    source = source_info(make_video(tmp_path / "in.mp4"))
+    size = dict(width=64, height=64, fps=OUT_FPS)
+    try_encoder(tmp_path / "out.mp4", source, **size, options=FAST)
+    message = one_line_error(try_encoder, tmp_path / "out.mp4", source, **size, options=EncodeOptions(preset="bogus"))
+    assert message.startswith("libx264 cannot encode out.mp4 here: ") and "bogus" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.skipif(os.path.exists("/dev/nvidia0"), reason="NVENC may work on a machine with an NVIDIA GPU")
+def test_a_hardware_encoder_without_its_gpu_fails_at_once(tmp_path):
+    from stvsr_cli.encode import try_encoder
+
+    source = source_info(make_video(tmp_path / "in.mp4"))
+    message = one_line_error(try_encoder, tmp_path / "out.mp4", source, width=64, height=64, fps=OUT_FPS,
+                             options=EncodeOptions(codec="h264_nvenc"))
+    assert message.startswith("h264_nvenc cannot encode out.mp4 here: ") and "use a software encoder" in message
 
 
 # ------------------------------------------------------------------ checks
@@ -362,12 +584,14 @@ def test_is_frame_directory(tmp_path):
 @pytest.mark.parametrize(
     "options, output, expected",
     [
-        (EncodeOptions(codec="nope"), "out.mp4", "no encoder named 'nope'"),
+        (EncodeOptions(codec="nope"), "out.mp4", "no encoder named 'nope'; `stvsr encoders` lists"),
         (EncodeOptions(codec="h264"), "out.mp4", "libx264"),
         (EncodeOptions(codec="aac"), "out.mp4", "encodes audio, not video"),
-        (EncodeOptions(), "out.webm", "cannot hold h264 video"),
+        (EncodeOptions(codec="libx264"), "out.webm", "cannot hold h264 video (libx264); leave out --codec to get "
+                                                     "libvpx-vp9"),
+        (EncodeOptions(codec="libvpx-vp9"), "out.mov", "cannot hold vp9"),
+        (EncodeOptions(codec="libvpx-vp9"), "out.ts", "cannot hold vp9"),
         (EncodeOptions(pix_fmt="rgb24"), "out.mp4", "cannot take pixel format rgb24"),
-        (EncodeOptions(codec="libx264rgb"), "out.mkv", "--pix-fmt"),
         (EncodeOptions(codec="libvpx-vp9", preset="slow"), "out.webm", "no presets"),
         (EncodeOptions(codec="mpeg4", crf=23), "out.mp4", "no crf"),
         (EncodeOptions(crf=60), "out.mp4", "use 0 to 51"),
@@ -383,16 +607,100 @@ def test_check_encoder_accepts_good_settings(tmp_path):
     check_encoder(EncodeOptions(codec="libx265", crf=28, preset="slow", pix_fmt="yuv420p10le"), Path("out.mkv"))
     check_encoder(EncodeOptions(codec="libvpx-vp9", crf=30), Path("out.webm"))
     check_encoder(EncodeOptions(codec="mpeg4"), Path("out.mp4"))  # the default crf is dropped, not an error
+    check_encoder(EncodeOptions(codec="libx264rgb"), Path("out.mkv"))  # an RGB format is picked, not refused
+    for name in ("out.ts", "out.webm", "out.gif", "out.mov", "out.mkv"):  # the defaults of every extension
+        check_encoder(EncodeOptions(), Path(name))
     check_encoder(EncodeOptions(codec="nope"), f"{tmp_path}/")  # PNG frames: no encoder to check
 
 
+@pytest.mark.parametrize(
+    "name, codec, pix_fmt",
+    [("out.mp4", "libx264", "yuv420p"), ("out.mkv", "libx264", "yuv420p"), ("out.mov", "libx264", "yuv420p"),
+     ("out.ts", "libx264", "yuv420p"), ("out.webm", "libvpx-vp9", "yuv420p"), ("out.gif", "gif", "pal8"),
+     ("out.avi", "libx264", "yuv420p")],
+)
+def test_the_extension_picks_a_working_encoder_and_pixel_format(name, codec, pix_fmt):
+    resolved = resolve_options(EncodeOptions(), name, 8)
+    assert (resolved.codec, resolved.pix_fmt) == (codec, pix_fmt)
+
+
 def test_resolve_options_fits_the_defaults_to_the_encoder(caplog):
-    assert resolve_options(EncodeOptions(), 8).pix_fmt == "yuv420p"
-    assert resolve_options(EncodeOptions(), 10).pix_fmt == "yuv420p10le"
-    assert resolve_options(EncodeOptions(codec="mpeg4"), 8).crf is None
+    assert resolve_options(EncodeOptions(), "out.mp4", 8).pix_fmt == "yuv420p"
+    assert resolve_options(EncodeOptions(), "out.mp4", 10).pix_fmt == "yuv420p10le"
+    assert resolve_options(EncodeOptions(codec="mpeg4"), "out.mp4", 8).crf is None
+    assert resolve_options(EncodeOptions(), "out.gif", 8).crf is None  # gif has no crf
+    assert resolve_options(EncodeOptions(codec="libx264rgb"), "out.mkv", 8).pix_fmt in ("bgr0", "bgr24", "rgb24")
+    assert resolve_options(EncodeOptions(codec="prores_ks"), "out.mov", 10).pix_fmt == "yuv422p10le"
     with caplog.at_level(logging.WARNING, logger="stvsr"):
-        assert resolve_options(EncodeOptions(codec="libvpx"), 10).pix_fmt == "yuv420p"  # VP8 has no 10-bit
+        assert resolve_options(EncodeOptions(codec="libvpx"), "out.webm", 10).pix_fmt == "yuv420p"  # VP8: no 10-bit
     assert "8-bit" in caplog.text
+
+
+# --------------------------------------------------- what the containers hold
+
+# Every container the README names, and the codecs that matter in them:
+# what stvsr encodes to, and the usual audio and subtitle codecs of sources.
+README_CONTAINERS = {"mp4": "mp4", "mov": "mov", "matroska": "mkv", "webm": "webm", "mpegts": "ts", "gif": "gif"}
+VIDEO_CODECS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1", "mpeg4": "mpeg4",
+                "mpeg2video": "mpeg2video", "prores": "prores_ks", "gif": "gif"}
+AUDIO_CODECS = {"aac": "aac", "mp3": "libmp3lame", "opus": "libopus", "vorbis": "libvorbis", "flac": "flac",
+                "ac3": "ac3", "mp2": "mp2", "pcm_s16le": "pcm_s16le"}
+SUBTITLE_CODECS = {"subrip": "srt", "ass": "ass", "webvtt": "webvtt", "mov_text": "mov_text"}
+
+
+@pytest.fixture(scope="module")
+def one_stream_files(tmp_path_factory) -> dict[str, tuple[str, Path]]:
+    """A tiny file holding one stream of each codec, to stream-copy."""
+    folder = tmp_path_factory.mktemp("codecs")
+    files = {}
+    for codec, encoder in VIDEO_CODECS.items():
+        pix_fmt = {"gif": "pal8", "prores": "yuv422p10le"}.get(codec, "yuv420p")
+        path = folder / f"{codec}.nut"
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x64:r=10:d=0.3", "-c:v", encoder, "-pix_fmt", pix_fmt, str(path))
+        files[codec] = ("video", path)
+    for codec, encoder in AUDIO_CODECS.items():
+        path = folder / f"{codec}.nut"
+        ffmpeg("-f", "lavfi", "-i", "sine=d=0.3:r=48000", "-c:a", encoder, str(path))
+        files[codec] = ("audio", path)
+    (folder / "in.srt").write_text("1\n00:00:00,000 --> 00:00:00,200\nhello\n")
+    for codec, encoder in SUBTITLE_CODECS.items():
+        path = folder / f"{codec}.{'mp4' if codec == 'mov_text' else 'mkv'}"
+        ffmpeg("-i", str(folder / "in.srt"), "-c:s", encoder, str(path))
+        files[codec] = ("subtitle", path)
+    return files
+
+
+def ffmpeg_holds(muxer: str, codec: str, kind: str, path: Path, files: dict, folder: Path) -> bool:
+    """Whether the ffmpeg binary writes a stream-copy of `codec` into `muxer`
+    and it reads back as that codec, without the warning that MPEG-TS gives
+    codecs it stores as unreadable private data. A subtitle goes in beside a
+    video stream the container holds (a file of subtitles alone is no video)."""
+    companion = {"webm": "vp9", "gif": "gif"}.get(muxer, "h264")
+    extra = ["-i", str(files[companion][1]), "-map", "0", "-map", "1"] if kind == "subtitle" else []
+    target = folder / f"{codec}.{README_CONTAINERS[muxer]}"
+    result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-loglevel", "warning", "-i", str(path),
+                             *extra, "-c", "copy", "-f", muxer, str(target)], capture_output=True, text=True)
+    if result.returncode != 0 or "private data" in result.stderr:
+        return False
+    with av.open(str(target)) as container:
+        names = {s.codec_context.codec.canonical_name for s in container.streams if s.codec_context}
+    return codec in names or (codec == "mp2" and "mp3" in names)  # one decoder reads both
+
+
+@pytest.mark.parametrize("muxer", README_CONTAINERS)
+def test_what_a_container_holds_is_what_ffmpeg_writes(muxer, one_stream_files, tmp_path):
+    """`.ts` refused H.264 and AAC, which ffmpeg writes to MPEG-TS fine. The
+    answer must be ffmpeg's, except where stvsr avoids a codec on purpose
+    (`_AVOID`: PCM in MP4, which few players read)."""
+    from stvsr_cli.encode import _AVOID, _muxer_holds
+
+    wrong = []
+    for codec, (kind, path) in one_stream_files.items():
+        expected = ffmpeg_holds(muxer, codec, kind, path, one_stream_files, tmp_path)
+        expected = expected and not codec.startswith(_AVOID.get(muxer, ()))
+        if _muxer_holds(muxer, codec) != expected:
+            wrong.append(f"{codec}: stvsr says {not expected}, ffmpeg {expected}")
+    assert not wrong, wrong
 
 
 # ------------------------------------------------------------------ the command

@@ -222,6 +222,15 @@ def test_2n_plus_1_gt_frames_are_all_scored_and_2n_lose_the_last(tmp_path, gt, s
     assert [f.kind for f in frames[:3]] == ["reconstructed", "interpolated", "reconstructed"]
 
 
+def test_progress_starts_at_zero_so_that_a_rate_can_be_measured(tmp_path):
+    """The progress bar measures its rate from the first call: at 0 frames,
+    before the first window, not at the first frame of its burst."""
+    write_clip(tmp_path / "clip", moving(9))
+    seen = []
+    score_clips(find_clips(tmp_path), Constant(0), EvalOptions(), progress=lambda done, total: seen.append(done))
+    assert seen == list(range(10))
+
+
 def test_clips_shorter_than_3_frames_are_skipped_with_a_warning(tmp_path, caplog):
     write_clip(tmp_path / "a", moving(2))
     write_clip(tmp_path / "b", moving(3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +232,42 @@ def test_two_processes_with_ddp_keep_identical_weights(tmp_path):
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+
+
+def test_an_empty_checkpoint_or_weights_file_is_one_clean_line(tmp_path):
+    data = make_layout("clips", tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for args in (["--out", str(run), "--resume", "--preset", "tiny"], ["--out", str(tmp_path / "new"), "--init",
+                                                                      str(tmp_path / "empty.pt")]):
+        result = CliRunner().invoke(main, ["train", str(data), *args, "--iters", "2", "--crop", str(CROP),
+                                           "--workers", "0", "--device", "cpu"])
+        assert result.exit_code == 1, result.output
+        assert result.output.splitlines()[-1].startswith("stvsr: error: ") and "is empty (0 bytes)" in result.output
+        assert "unexpected" not in result.output
+
+
+def test_the_first_steps_measure_the_time_a_step_and_the_run(tmp_path, capsys, caplog, monkeypatch):
+    data = make_layout("clips", tmp_path)
+    monkeypatch.setattr("stvsr_cli.train._LONG_RUN", 0.0)  # as if the run would take more than a day
+    with caplog.at_level("WARNING", logger="stvsr"):
+        train(options([data], tmp_path / "run", preset="tiny", iters=5, quiet=False))
+    measured = re.search(r"([\d.]+) s a step \(measured over the first steps\); the (\d+) steps left take about",
+                         capsys.readouterr().err)
+    assert measured and float(measured.group(1)) > 0 and measured.group(2) == "1"  # after steps 2 to 4 of 5
+    assert [r.getMessage() for r in caplog.records if "on the CPU this run would take about" in r.getMessage()]
+
+
+def test_a_cpu_run_of_more_than_a_day_is_warned_about(caplog):
+    from rich.console import Console
+
+    from stvsr_cli.train import _report_pace
+
+    console = Console(quiet=True)
+    with caplog.at_level("WARNING", logger="stvsr"):
+        _report_pace(console, 5.0, 19_996, torch.device("cpu"))  # paper on a CPU: 28 hours
+        _report_pace(console, 5.0, 1_000, torch.device("cpu"))
+        _report_pace(console, 5.0, 19_996, torch.device("meta"))  # not a CPU: no warning
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == ["on the CPU this run would take about 1.2 days"]

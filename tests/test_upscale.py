@@ -1,5 +1,11 @@
 """`stvsr upscale` end to end: generated videos, the tiny preset, the CPU."""
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,7 +63,10 @@ def test_audio_is_kept_in_sync_and_odd_sizes_work(tmp_path, weights):
     source = make_video(tmp_path / "in.mkv", frames=9, width=37, height=21, fps=25, audio=True)
     code, output = upscale([str(source), str(tmp_path / "out.mkv")], weights)
     assert code == 0, output
-    assert "Wrote" in output and "18 frames of 148x84 at 50 fps" in output
+    assert output.startswith("Wrote") and "18 frames of 148x84 at 50 fps" in output  # no blank line before it
+    seconds, rate = re.search(r"in ([\d.]+) s \(([\d.]+) frames a second\)", output).groups()
+    seconds, rate = float(seconds), float(rate)  # the true average over the whole run, as rounded for print
+    assert 18 / (seconds + 0.05) - 0.005 <= rate <= 18 / (seconds - 0.05) + 0.005
     durations = stream_durations(tmp_path / "out.mkv")
     source_durations = stream_durations(source)
     assert abs(durations["video"] - source_durations["video"]) <= 1 / 50 + 1e-6
@@ -127,6 +136,15 @@ def test_the_library_call_reports_what_it_did(tmp_path, weights):
     assert seen[-1] == (10, 10)
 
 
+def test_what_the_encoder_settings_change_is_said_once(tmp_path, weights):
+    """A 10-bit source into VP8, which has only 8 bits: one warning, although
+    the settings are resolved for the encoder trial and for the real run."""
+    source = make_video(tmp_path / "in.mkv", frames=2, pix_fmt="yuv420p10le")
+    code, output = upscale([str(source), str(tmp_path / "out.webm"), "--codec", "libvpx", "-q"], weights)
+    assert code == 0, output
+    assert output == "stvsr: warning: libvpx cannot encode more than 8 bits; writing 8-bit yuv420p\n"
+
+
 def test_the_shipped_weights_are_trained_small_weights_and_run(tmp_path):
     metadata = weights_metadata(default_weights_path())
     assert (metadata["preset"], metadata["trained"]) == ("small", "yes")
@@ -154,8 +172,8 @@ def bad(tmp_path: Path, weights: Path, args: list[str]) -> str:
     before = {p.name for p in tmp_path.iterdir()}
     code, output = upscale(args, weights)
     assert code == 1, output
-    lines = output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stvsr: error: "), output
+    lines = output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stvsr: error: "), repr(output)  # no blank line before it
     assert "Traceback" not in output
     assert leftovers(tmp_path, before) == set(), "a failed run left files behind"
     return lines[0]
@@ -231,7 +249,113 @@ def test_a_failure_midway_leaves_no_output(tmp_path, weights, monkeypatch, failu
 
     monkeypatch.setattr(Upscaler, "__call__", failing)
     before = {p.name for p in tmp_path.iterdir()}
-    code, output = upscale([str(video), str(tmp_path / "out.mp4"), "-q"], weights)
+    code, output = upscale([str(video), str(tmp_path / "out.mp4")], weights)  # with the progress bar running
     assert code == (130 if isinstance(failure, KeyboardInterrupt) else 1)
-    assert output.strip().splitlines()[-1] in ("stvsr: interrupted",) or "RuntimeError: boom" in output
+    assert output in ("stvsr: interrupted\n", "stvsr: unexpected RuntimeError: boom. Run again with `stvsr --debug "
+                      "...` for the traceback and report it.\n"), repr(output)
     assert leftovers(tmp_path, before) == set()
+
+
+def test_a_hardware_encoder_that_cannot_run_fails_before_any_decoding(tmp_path, weights, monkeypatch):
+    if os.path.exists("/dev/nvidia0"):
+        pytest.skip("NVENC may work on a machine with an NVIDIA GPU")
+    video = make_video(tmp_path / "in.mp4", frames=4)
+    decoded = []
+    monkeypatch.setattr("stvsr_cli.upscale.decode", lambda info: decoded.append(info) or iter(()))
+    line = bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4"), "--codec", "h264_nvenc"])
+    assert line.startswith("stvsr: error: h264_nvenc cannot encode out.mp4 here: ") and "GPU" in line
+    assert decoded == []
+
+
+# --- memory ------------------------------------------------------------------------------------------
+
+
+def test_a_run_that_would_not_fit_in_memory_is_refused_up_front(tmp_path, weights, monkeypatch):
+    video = make_video(tmp_path / "in.mp4", frames=4, width=48, height=32)
+    monkeypatch.setattr("stvsr_cli.upscale.available_memory", lambda device: 120 << 20)
+    line = bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4"), "--batch", "4"])
+    needed = re.fullmatch(r"stvsr: error: upscaling 48x32 frames to 192x128 needs about (\d+) MB of memory "
+                          r"\(.+\), and 120 MB is free; (.+)", line)
+    assert needed and int(needed.group(1)) > 120, line
+    assert needed.group(2) == "use --batch 1, or scale the input down first", line
+    monkeypatch.setattr("stvsr_cli.upscale.available_memory", lambda device: 20 << 20)
+    assert bad(tmp_path, weights, [str(video), str(tmp_path / "out.mp4")]).endswith(
+        "run it on a machine with more memory")
+
+
+def test_the_memory_plan_counts_what_grows_with_the_frame(weights):
+    """An 8000x8000 frame allocated gigabytes and then failed with 'can't
+    allocate memory ... report it': the window outputs and the encoder grow
+    with the frame, which tiles do not bound."""
+    from stvsr_cli.decode import ColorInfo, VideoInfo
+    from stvsr_cli.upscale import memory_plan
+
+    def info(width: int, height: int) -> VideoInfo:
+        return VideoInfo(path=Path("in.mp4"), container="mp4", width=width, height=height, fps=Fraction(25),
+                         frame_count=1, duration=0.04, start_time=0.0, pix_fmt="yuv420p", bit_depth=8,
+                         color=ColorInfo("bt709", "tv", None, None, False), rotation=0, audio_codecs=(),
+                         subtitle_codecs=())
+
+    upscaler = Upscaler(MEGAN(PRESETS["small"]), device="cpu")
+    small, huge = (memory_plan(info(w, h), upscaler, UpscaleOptions()).host for w, h in ((640, 360), (8000, 8000)))
+    assert 1 << 30 < sum(small.values()) < 8 << 30  # 640x360: a few GB (2.7 when measured)
+    assert sum(huge.values()) > 200 << 30
+    outputs = next(size for name, size in huge.items() if name.startswith("window outputs"))
+    assert outputs == 2 * 7 * 3 * 4 * 32000 * 32000  # two windows of 7 float32 frames of 32000x32000
+    assert huge["the network"] == small["the network"]  # tiles bound the network itself
+    assert huge["decoded frames"] > 1 << 30 and huge["finished frames"] > 1 << 30
+
+
+# --- stopped from outside -----------------------------------------------------------------------------
+
+ROOT = Path(__file__).parent.parent
+
+
+def start_upscale(tmp_path: Path, weights: Path, output: Path, *, frames: int = 240) -> subprocess.Popen:
+    """`stvsr upscale` in a process of its own session (as `timeout` runs
+    it), once its encoder has started writing into the staging folder."""
+    source = make_video(tmp_path / "in.mp4", frames=frames, width=64, height=48, audio=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stvsr_cli", "upscale", str(source), str(output), "--weights", str(weights),
+         "--device", "cpu", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(p.is_file() and p.stat().st_size for p in output.parent.glob(f".{output.name}.stvsr-*/*")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the encoder never started"
+        time.sleep(0.02)
+    return process
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+@pytest.mark.parametrize("name, whole_group", [("SIGTERM", True), ("SIGHUP", False)])
+def test_sigterm_and_sighup_clean_up_like_ctrl_c(tmp_path, weights, name, whole_group):
+    """`timeout` and `docker stop` send SIGTERM (timeout to the whole process
+    group, ffmpeg included), a closing terminal SIGHUP: the staging folder,
+    with its playable partial video, used to stay behind without a word."""
+    output = tmp_path / "out.mp4"
+    process = start_upscale(tmp_path, weights, output)
+    signum = getattr(signal, name)
+    (os.killpg if whole_group else os.kill)(process.pid, signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert stderr == f"stvsr: stopped by {name}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals and flock")
+def test_after_kill_9_the_next_run_into_the_same_output_removes_the_leftovers(tmp_path, weights):
+    output = tmp_path / "out.mp4"
+    process = start_upscale(tmp_path, weights, output)
+    process.kill()  # SIGKILL: nothing can clean up
+    process.communicate(timeout=60)
+    (staging,) = tmp_path.glob(".out.mp4.stvsr-*")
+    short = make_video(tmp_path / "short.mp4", frames=2)
+    code, text = upscale([str(short), str(output), "-q"], weights)
+    assert code == 0, text
+    assert f"removed {staging}, the unfinished output of an earlier run into out.mp4 that was killed" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "short.mp4"]
+    assert len(read_video(output)[0]) == 4

@@ -52,7 +52,6 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-import torchvision.ops
 from torch import Tensor
 
 BACKENDS = ("auto", "torchvision")
@@ -87,6 +86,8 @@ def deform_conv2d(
     """`torchvision.ops.deform_conv2d`, with CPU float tensors sent to the fast path."""
     if _backend == "auto" and _fast_path_applies(input, offset, weight, mask):
         return deform_conv2d_cpu(input, offset, weight, bias, stride, padding, dilation, mask)
+    import torchvision.ops  # here, not at the top: importing it takes seconds, and the CPU path never needs it
+
     return torchvision.ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
 
 

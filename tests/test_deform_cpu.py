@@ -59,14 +59,18 @@ def _forward_backward(fn, tensors, options):
 NAMES = ["input", "offset", "weight", "bias", "mask"]
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, F64), (torch.float32, F32)], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_matches_torchvision_forward_and_backward(case, dtype, tolerance):
+def test_matches_torchvision_forward_and_backward(case, dtype, tolerance, layout):
     """Random fractional offsets up to several pixels: many taps land between
-    pixels, across the border (blending with the zero padding) or far outside."""
+    pixels, across the border (blending with the zero padding) or far outside.
+    A channels-last input (the network's on the CPU) gives a channels-last output."""
     tensors, options = _inputs(case, dtype)
     expected, expected_grads = _forward_backward(torchvision.ops.deform_conv2d, tensors, options)
+    tensors[0] = tensors[0].contiguous(memory_format=layout)
     out, grads = _forward_backward(deform_conv2d_cpu, tensors, options)
+    assert out.is_contiguous(memory_format=layout)
     torch.testing.assert_close(out, expected, **tolerance)
     for name, grad, expected_grad in zip(NAMES, grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, **tolerance, msg=lambda m: f"grad wrt {name}: {m}")

@@ -333,8 +333,13 @@ class ProgressiveFusionReconstruction(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, 3, 4H, 4W)"""
-        per_frame = flatten_frames(self.fusion(features))
-        frames = self.upsample(self.body(per_frame)).contiguous()  # 3 channels: NCHW for the image-space work
+        maps = self.body(flatten_frames(self.fusion(features)))  # (B * T, C, H, W)
+        # On the CPU the upsampling runs a frame at a time: its maps are 4x and
+        # 16x the LR's, and one frame's stay in the cache where all seven
+        # frames' do not (this stage took 30% less time so at 320x180 output,
+        # with the same result).
+        step = 1 if maps.device.type == "cpu" else maps.shape[0]
+        frames = torch.cat([self.upsample(m).contiguous() for m in maps.split(step)])  # NCHW, for the image work
         return frames.unflatten(0, features.shape[:2])  # (B, T, 3, 4H, 4W)
 
 

@@ -171,7 +171,8 @@ def _network_options(function):
         click.option("--device", default="auto", show_default=True,
                      help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
-                     show_default=True, help="auto: bf16/fp16 on a GPU, fp32 on the CPU."),
+                     show_default=True, help="auto: bf16/fp16 on a GPU; on the CPU bf16 where it has native bf16 "
+                     "(AVX512-BF16, AMX), else fp32."),
         click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
                      help="Run frames larger than this many LR pixels as overlapping tiles; 0 runs whole frames."),
         click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
@@ -449,7 +450,7 @@ class _FrameProgress:
 @click.option("--log-every", type=int, default=10, show_default=True, help="Steps between lines of log.jsonl.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU.")
+              help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU (bf16 there only when asked).")
 @click.option("--workers", type=int, help="Data loading processes.  [default: CPU cores, at most 8]")
 @click.option("--max-bad-steps", type=int, default=10, show_default=True,
               help="Stop after this many non-finite steps in a row.")

@@ -114,6 +114,21 @@ def test_inference_mode_gives_the_same_result(monkeypatch, chunk_bytes):
     torch.testing.assert_close(out, expected.detach(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_the_matrix_multiply_runs_in_the_dtype_asked_for(layout):
+    """bf16 (as under CPU autocast): fp32 sampling, bf16 product and result,
+    within bf16's rounding (8 bits) of the fp32 result; without autograd too."""
+    tensors, options = _inputs(CASES["small preset: 32 channels, 4 groups"], torch.float32)
+    x, offset, weight, bias, mask = tensors
+    x = x.contiguous(memory_format=layout)
+    expected = deform_conv2d_cpu(x, offset, weight, bias, mask=mask, **options)
+    for grad_mode in (torch.enable_grad, torch.inference_mode):
+        with grad_mode():
+            out = deform_conv2d_cpu(x, offset, weight, bias, mask=mask, matmul_dtype=torch.bfloat16, **options)
+        assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.03 * expected.abs().max().item())
+
+
 def test_dispatch_cpu_to_fast_path_and_the_rest_to_torchvision(monkeypatch):
     calls = []
     monkeypatch.setattr(torchvision.ops, "deform_conv2d", lambda *args: calls.append("torchvision") or "tv")

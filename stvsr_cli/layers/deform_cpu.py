@@ -87,10 +87,13 @@ def deform_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     mask: Tensor | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """`torchvision.ops.deform_conv2d`, with CPU float tensors sent to the fast path."""
+    """`torchvision.ops.deform_conv2d`, with CPU float tensors sent to the fast
+    path. `matmul_dtype` applies there only (see `deform_conv2d_cpu`):
+    torchvision computes everything in the input's dtype."""
     if _backend == "auto" and _fast_path_applies(input, offset, weight, mask):
-        return deform_conv2d_cpu(input, offset, weight, bias, stride, padding, dilation, mask)
+        return deform_conv2d_cpu(input, offset, weight, bias, stride, padding, dilation, mask, matmul_dtype)
     return torchvision.ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
 
 
@@ -122,6 +125,7 @@ def deform_conv2d_cpu(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     mask: Tensor | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Modulated deformable convolution (DCNv2; DCNv1 when `mask` is None)
     with torchvision's arguments, layouts and results, from differentiable
@@ -132,6 +136,9 @@ def deform_conv2d_cpu(
 
     A channels-last input gives a channels-last output (and NCHW gives
     NCHW), at no extra cost: only the order of the matrix product changes.
+    The sampling runs in the input's dtype; `matmul_dtype` (the input's by
+    default) is the dtype of the matrix multiply and of the result, e.g.
+    bf16 on a CPU with bf16 dot products, where sampled positions stay exact.
     """
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, w = input.shape
@@ -151,6 +158,7 @@ def deform_conv2d_cpu(
         t is not None and t.requires_grad for t in (input, offset, weight, bias, mask)
     )
     dtype = input.dtype
+    matmul_dtype = matmul_dtype or dtype
     channels_last = is_channels_last(input)
 
     # Each deformable group becomes an image of C/G channels on a zero plane
@@ -180,14 +188,14 @@ def deform_conv2d_cpu(
 
     if mask is not None:
         mask = mask.reshape(n, groups, 1, taps, ho * wo)
-    weight = weight.reshape(1, c_out, c * taps)
+    weight = weight.to(matmul_dtype).reshape(1, c_out, c * taps)
     if channels_last:
         # (N, pixels, C * taps) @ (C * taps, Cout): rows of the product are NHWC pixels
         weight = weight.transpose(1, 2)
-        bias = None if bias is None else bias.view(1, 1, c_out)
+        bias = None if bias is None else bias.to(matmul_dtype).view(1, 1, c_out)
     else:
         # (Cout, C * taps) @ (N, C * taps, pixels): the product is already NCHW
-        bias = None if bias is None else bias.view(1, c_out, 1)
+        bias = None if bias is None else bias.to(matmul_dtype).view(1, c_out, 1)
     weight = weight.expand(n, -1, -1)
 
     # Without autograd, a few output rows at a time: the columns, 9x the
@@ -210,7 +218,7 @@ def deform_conv2d_cpu(
         if mask is not None:
             columns = columns * mask[..., pixels] if grad else columns.mul_(mask[..., pixels])
         # The columns are in the weight's (channel, tap) order: (N, C * taps, pixels).
-        columns = columns.view(n, c * taps, -1)
+        columns = columns.view(n, c * taps, -1).to(matmul_dtype)
         a, b = (columns.transpose(1, 2), weight) if channels_last else (weight, columns)
         outputs.append(torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b))
     if channels_last:

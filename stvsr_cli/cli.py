@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -533,13 +534,15 @@ def bench(
     """Time the network with random weights, alone and inside the whole
     upscale path: output frames per second, milliseconds per frame, peak
     memory, and achieved FLOP/s against the device's peak and against a
-    plain 64-channel 3x3 convolution timed in the same run.
+    plain 64-channel 3x3 convolution timed in the same run (on the CPU
+    channels-last, in fp32 and in bf16).
 
     \b
     Example:
       stvsr bench                                   # the standard workloads on this machine
       stvsr bench --device cuda --precision fp32 --precision bf16 --json bench.json
       stvsr bench --device cpu --preset small --size 320x180 --model-only
+      stvsr bench --device cpu --precision fp32 --precision auto   # bf16 where the CPU has it
       stvsr bench --device cpu --preset small --motion-prior none --motion-prior flow   # the prior's cost
     """
     from .bench import Workload, run_bench
@@ -588,17 +591,26 @@ def bench(
     table = Table(title=f"Network alone (a window adds 4 output frames); MiB: peak {memory}",
                   box=box.SIMPLE_HEAD)
     known_peak = any(m.peak_fraction is not None for m in report.models)  # never on a CPU
-    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", "of peak", "of conv", "MiB")
-    for column in columns if known_peak else tuple(c for c in columns if c != "of peak"):
+    # one column per precision of the plain convolution timed alongside: fp32 and bf16 on the CPU
+    references = list(dict.fromkeys(precision for m in report.models for precision in m.references))
+    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", *(["of peak"] if known_peak else []),
+               *(f"of {short(precision)} conv" for precision in references), "MiB")
+    for column in columns:
         table.add_column(column, justify="right")
     for m in report.models:
         peak = ["-" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"] if known_peak else []
+        fractions = [f"{m.conv_fraction_of(p):.0%}" if p in m.references else "-" for p in references]
         table.add_row(
             network(m), short(m.precision), name(m.workload),
             f"{m.seconds_per_frame * 1e3:,.1f}", f"{m.fps:.2f}", f"{m.window.gflops / 1e3:.3f}", *peak,
-            f"{m.conv_fraction:.0%}", mib(m.peak_memory),
+            *fractions, mib(m.peak_memory),
         )  # fmt: skip
     console.print(table)
+    speeds = {p: statistics.median(m.references[p].gflops for m in report.models if p in m.references)
+              for p in references}
+    layout = "channels-last" if report.device.startswith("CPU") else "NCHW"
+    console.print("plain 64-channel 3x3 convolution (" + layout + "), median over the rows: "
+                  + ", ".join(f"{short(p)} {gflops:,.1f} GFLOP/s" for p, gflops in speeds.items()))
     if any(p is not None for p in report.pipelines):
         table = Table(title=f"Whole upscale path (decode, network, encode, audio); MiB: peak {memory}",
                       box=box.SIMPLE_HEAD)

@@ -49,7 +49,7 @@ def cpu_has_native_bf16() -> bool:
 
     Elsewhere bf16 still works, converted to and from fp32 around every
     product, and is much slower than fp32: on an AMD EPYC with AVX2 only, a
-    64-channel 3x3 convolution ran at about an eighth of its fp32 speed.
+    64-channel 3x3 convolution ran at an eighth to a ninth of its fp32 speed.
     (`torch.ops.mkldnn._is_mkldnn_bf16_supported` says whether oneDNN can
     run bf16 at all, which AVX-512 CPUs that emulate it also can.) ARM CPUs
     with bf16 instructions are not detected, not having been measured; on

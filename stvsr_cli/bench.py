@@ -23,9 +23,13 @@ How the numbers are made (see also shared/docs/measuring.md):
   per output pixel (the multiply-adds with the weights; the bilinear sampling
   is not counted); the CPU path's matrix multiply counts the same FLOPs.
 - The reference is a plain 64 -> 64 3x3 convolution on a batch of 4 feature
-  maps of the workload's LR size, the most common layer in the network. It is
-  timed between the network's windows (A B A B ...), so a machine that gets
-  busier or quieter during the run moves both, and their ratio holds.
+  maps of the workload's LR size, the most common layer in the network, in
+  the best layout the device offers (channels-last on the CPU, where NCHW is
+  slower; NCHW on a GPU). It is timed between the network's windows (A B A B
+  ...), so a machine that gets busier or quieter during the run moves both,
+  and their ratio holds. It runs in the network's precision and, on the
+  CPU, in fp32 and bf16 too: bf16 doubles its speed on CPUs with native bf16
+  and is several times slower elsewhere, so the two show what the CPU offers.
 - The fraction of the device's peak uses NVIDIA's dense tensor-core figure
   for the precision (`DEVICE_PEAK_TFLOPS`; TF32 for fp32, which cuDNN uses
   for convolutions by default), or `peak_tflops` when given; CPUs have none,
@@ -166,7 +170,7 @@ class ModelResult:
     motion_prior: int  # MEGANConfig.motion_prior of the network timed
     window: Timing  # one window of 4 LR frames through `upscale_tiled`
     deform_gflop: float  # the deformable convolutions' part of window.gflop
-    conv: Timing  # the reference convolution
+    references: dict[str, Timing]  # the reference convolution by precision ("float32", ...), the network's included
     peak_memory: int  # bytes (see the module docstring)
     peak_tflops: float | None = None  # the device's, for this precision
     # Of each timed window, the seconds spent in the motion prior (flows and warping), [] without one
@@ -188,9 +192,18 @@ class ModelResult:
         return 1 / self.seconds_per_frame
 
     @property
+    def conv(self) -> Timing:
+        """The reference convolution in the network's precision."""
+        return self.references[self.precision]
+
+    @property
     def conv_fraction(self) -> float:
-        """Achieved GFLOP/s of the network over those of the reference convolution."""
-        return self.window.gflops / self.conv.gflops
+        """Achieved GFLOP/s of the network over those of the reference convolution in its precision."""
+        return self.conv_fraction_of(self.precision)
+
+    def conv_fraction_of(self, precision: str) -> float:
+        """Achieved GFLOP/s of the network over those of the reference convolution in `precision`."""
+        return self.window.gflops / self.references[precision].gflops
 
     @property
     def peak_fraction(self) -> float | None:
@@ -292,6 +305,8 @@ class BenchReport:
                 "peak_fraction": m.peak_fraction,
                 "conv": timing(m.conv),
                 "conv_fraction": m.conv_fraction,
+                "references": {name: timing(t) for name, t in m.references.items()},
+                "conv_fractions": {name: m.conv_fraction_of(name) for name in m.references},
                 "end_to_end": pipeline(p, m),
             }
             for m, p in zip(self.models, pipelines)
@@ -386,9 +401,12 @@ def count_flops(model: nn.Module) -> Iterator[dict[str, int]]:
 def reference_conv(
     device: torch.device, dtype: torch.dtype, lr_size: tuple[int, int]
 ) -> tuple[Callable[[], Tensor], float]:
-    """The plain 64 -> 64 3x3 convolution on 4 LR-sized maps, and its GFLOP."""
+    """The plain 64 -> 64 3x3 convolution on 4 LR-sized maps, channels-last
+    on the CPU, and its GFLOP."""
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     x = torch.randn(REFERENCE_BATCH, REFERENCE_CHANNELS, *lr_size, device=device, dtype=dtype)
-    conv = nn.Conv2d(REFERENCE_CHANNELS, REFERENCE_CHANNELS, 3, padding=1).to(device, dtype)
+    x = x.contiguous(memory_format=layout)
+    conv = nn.Conv2d(REFERENCE_CHANNELS, REFERENCE_CHANNELS, 3, padding=1).to(device, dtype, memory_format=layout)
     gflop = 2 * REFERENCE_CHANNELS * REFERENCE_CHANNELS * 9 * x.numel() / REFERENCE_CHANNELS / 1e9
 
     def run() -> Tensor:
@@ -396,6 +414,12 @@ def reference_conv(
             return conv(x)
 
     return run, gflop
+
+
+def reference_precisions(device: torch.device, dtype: torch.dtype) -> list[torch.dtype]:
+    """The precisions of the reference convolution: the network's, and on the CPU fp32 and bf16."""
+    extra = [torch.float32, torch.bfloat16] if device.type == "cpu" else []
+    return list(dict.fromkeys([dtype, *extra]))
 
 
 def _conv_repeats(gflop: float) -> int:
@@ -418,7 +442,7 @@ def bench_model(
     figure from `DEVICE_PEAK_TFLOPS`."""
     device, dtype = upscaler.device, upscaler.dtype
     frames = torch.rand(1, upscaler.input_frames, 3, *workload.lr_size, device=device)
-    conv, conv_gflop = reference_conv(device, dtype, workload.lr_size)
+    convs = {_name(d): reference_conv(device, d, workload.lr_size) for d in reference_precisions(device, dtype)}
 
     def window() -> Tensor:
         return upscale_tiled(upscaler, frames, scale=upscaler.scale, tile=tile, overlap=DEFAULT_OVERLAP)
@@ -428,23 +452,30 @@ def bench_model(
         window()
     for _ in range(max(warmup, 1) - 1):
         window()
-    conv()
-    conv_seconds, window_seconds, prior_seconds = [], [], []
+    conv_seconds: dict[str, list[float]] = {name: [] for name in convs}
+
+    def time_references() -> None:
+        for name, (conv, gflop) in convs.items():
+            conv_seconds[name] += [_timed(conv, device) for _ in range(_conv_repeats(gflop))]
+
+    for conv, _ in convs.values():
+        conv()
+    window_seconds, prior_seconds = [], []
     for _ in range(runs):
-        conv_seconds += [_timed(conv, device) for _ in range(_conv_repeats(conv_gflop))]
+        time_references()
         with _time_motion_prior(device) as spent:
             window_seconds.append(_timed(window, device))
         prior_seconds.append(spent[0])
-    conv_seconds += [_timed(conv, device) for _ in range(_conv_repeats(conv_gflop))]
+    time_references()
     return ModelResult(
         preset=preset,
         workload=workload,
-        precision=str(dtype).removeprefix("torch."),
+        precision=_name(dtype),
         tile=tile,
         motion_prior=getattr(upscaler.model.config, "motion_prior", 0),
         window=Timing(counts["total"] / 1e9, window_seconds),
         deform_gflop=counts["deform"] / 1e9,
-        conv=Timing(conv_gflop, conv_seconds),
+        references={name: Timing(gflop, conv_seconds[name]) for name, (_, gflop) in convs.items()},
         peak_memory=_peak_memory(device),
         peak_tflops=peak_tflops if peak_tflops is not None else device_peak_tflops(device, dtype),
         prior_seconds=prior_seconds if getattr(upscaler.model.config, "motion_prior", 0) else [],
@@ -479,6 +510,10 @@ def _time_motion_prior(device: torch.device) -> Iterator[list[float]]:
     finally:
         for name, function in originals.items():
             setattr(motion, name, function)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def windows_needed(frames: int, input_frames: int = 4) -> int:
@@ -553,7 +588,8 @@ def bench_pipeline(
 def bench_deform(device: torch.device, workload: Workload, runs: int = 3) -> DeformResult:
     """torchvision against stvsr's deformable convolution on the paper
     preset's full-size PCD layer (batch 2, 64 channels, 8 groups, offsets of
-    a few pixels), alternately, with the plain convolution of the same shape."""
+    a few pixels), alternately, with the plain convolution of the same shape
+    (channels-last on the CPU, as in the network)."""
     config = PRESETS["paper"]
     c, groups = config.channels, config.deformable_groups
     h, w = (-(-size // 4) * 4 for size in workload.lr_size)  # padded to the network's multiple of 4
@@ -564,10 +600,12 @@ def bench_deform(device: torch.device, workload: Workload, runs: int = 3) -> Def
     bias = torch.zeros(c, device=device)
     gflop = 2 * c * c * 9 * 2 * h * w / 1e9
 
+    # stvsr's and the plain convolution take the layout the network runs in on the CPU
+    x_cl = x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
     candidates = {
         "torchvision": lambda: torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1, mask=mask),
-        "stvsr": lambda: deform_conv2d(x, offset, weight, bias, padding=1, mask=mask),
-        "conv": lambda: F.conv2d(x, weight, bias, padding=1),
+        "stvsr": lambda: deform_conv2d(x_cl, offset, weight, bias, padding=1, mask=mask),
+        "conv": lambda: F.conv2d(x_cl, weight, bias, padding=1),
     }
     seconds: dict[str, list[float]] = {name: [] for name in candidates}
     with torch.inference_mode():

@@ -218,7 +218,8 @@ def _network_options(function):
         click.option("--device", default="auto", show_default=True,
                      help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto",
-                     show_default=True, help="auto: bf16/fp16 on a GPU, fp32 on the CPU."),
+                     show_default=True, help="auto: bf16/fp16 on a GPU; on the CPU bf16 where it has native bf16 "
+                     "(AVX512-BF16, AMX), else fp32."),
         click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
                      help="Run frames larger than this many LR pixels as overlapping tiles; 0 runs whole frames."),
         click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
@@ -512,7 +513,7 @@ def _warnings_to(console):
 @click.option("--log-every", type=int, default=10, show_default=True, help="Steps between lines of log.jsonl.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU.")
+              help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU (bf16 there only when asked).")
 @click.option("--workers", type=int, help="Data loading processes.  [default: CPU cores, at most 8]")
 @click.option("--max-bad-steps", type=int, default=10, show_default=True,
               help="Stop after this many non-finite steps in a row.")
@@ -631,18 +632,22 @@ def bench(
     """Time the network with random weights, alone and inside the whole
     upscale path: output frames per second, milliseconds per frame, peak
     memory, and achieved FLOP/s against the device's peak and against a
-    plain 64-channel 3x3 convolution timed in the same run.
+    plain 64-channel 3x3 convolution timed in the same run (on the CPU
+    channels-last, in fp32 and in bf16).
 
     \b
     Example:
       stvsr bench                                   # the standard workloads on this machine
       stvsr bench --device cuda --precision fp32 --precision bf16 --json bench.json
       stvsr bench --device cpu --preset small --size 320x180 --model-only
+      stvsr bench --device cpu --precision fp32 --precision auto   # bf16 where the CPU has it
       stvsr bench --device cpu --preset small --motion-prior none --motion-prior flow   # the prior's cost
     """
     from rich import box
     from rich.console import Console
     from rich.table import Table
+
+    import statistics
 
     from .bench import Workload, run_bench
     from .evaluate import check_output_file
@@ -693,20 +698,27 @@ def bench(
                         f"window's time; MiB: peak {memory}", box=box.SIMPLE_HEAD)
     known_peak = any(m.peak_fraction is not None for m in report.models)  # never on a CPU
     any_prior = any(m.prior_fraction is not None for m in report.models)
-    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", "of peak", "of conv", "prior", "MiB")
-    dropped = ({"of peak"} if not known_peak else set()) | ({"prior"} if not any_prior else set())
+    # one column per precision of the plain convolution timed alongside: fp32 and bf16 on the CPU
+    references = list(dict.fromkeys(precision for m in report.models for precision in m.references))
+    columns = ("preset", "dtype", "workload", "ms/frame", "fps", "TFLOP/s", *(["of peak"] if known_peak else []),
+               *(f"of {short(precision)} conv" for precision in references), *(["prior"] if any_prior else []), "MiB")
     for column in columns:
-        if column not in dropped:
-            table.add_column(column, justify="right")
+        table.add_column(column, justify="right")
     for m in report.models:
         peak = ["-" if m.peak_fraction is None else f"{m.peak_fraction:.1%}"] if known_peak else []
+        fractions = [f"{m.conv_fraction_of(p):.0%}" if p in m.references else "-" for p in references]
         prior = ["-" if m.prior_fraction is None else f"{m.prior_fraction:.1%}"] if any_prior else []
         table.add_row(
             network(m), short(m.precision), name(m.workload),
             f"{m.seconds_per_frame * 1e3:,.1f}", f"{m.fps:.2f}", f"{m.window.gflops / 1e3:.3f}", *peak,
-            f"{m.conv_fraction:.0%}", *prior, mib(m.peak_memory),
+            *fractions, *prior, mib(m.peak_memory),
         )  # fmt: skip
     console.print(table)
+    speeds = {p: statistics.median(m.references[p].gflops for m in report.models if p in m.references)
+              for p in references}
+    layout = "channels-last" if report.device.startswith("CPU") else "NCHW"
+    console.print("plain 64-channel 3x3 convolution (" + layout + "), median over the rows: "
+                  + ", ".join(f"{short(p)} {gflops:,.1f} GFLOP/s" for p, gflops in speeds.items()))
     if any(p is not None for p in report.pipelines):
         table = Table(title=f"Whole upscale path (decode, network, encode, audio); MiB: peak {memory}",
                       box=box.SIMPLE_HEAD)

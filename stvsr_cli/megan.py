@@ -45,7 +45,11 @@ from .layers import (
     PCDAlignment,
     ResidualBlock,
     conv3x3,
+    empty_frames_like,
+    flatten_frames,
+    frames_as_channels,
     leaky_relu,
+    select_frames,
 )
 
 
@@ -127,16 +131,15 @@ class FrameFeatureInterpolation(nn.Module):
         neighbouring inputs, (B, n, 2, H, W) each, start the sampling of each
         pair at the places their content holds halfway between them.
         """
-        b, n1, c, h, w = features.shape
+        b, n1 = features.shape[:2]
         # all n neighbouring pairs in one batch: (B * n, C, H, W) each
-        earlier = features[:, :-1].flatten(0, 1)
-        later = features[:, 1:].flatten(0, 1)
+        earlier = flatten_frames(features[:, :-1])
+        later = flatten_frames(features[:, 1:])
         to_earlier = to_later = None
         if flows is not None:
             to_earlier, to_later = motion.flows_to_time(*(f.flatten(0, 1) for f in flows))  # (B * n, 2, H, W)
-        between = self.interpolate(earlier, later, to_earlier, to_later).view(b, n1 - 1, c, h, w)
-        interleaved = torch.stack([features[:, :-1], between], dim=2).flatten(1, 2)  # (B, 2n, C, H, W)
-        return torch.cat([interleaved, features[:, -1:]], dim=1)
+        between = self.interpolate(earlier, later, to_earlier, to_later).unflatten(0, (b, n1 - 1))
+        return _interleave(features, between)
 
 
 class BidirectionalDeformableConvLSTM(nn.Module):
@@ -172,21 +175,23 @@ class BidirectionalDeformableConvLSTM(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, C, H, W)"""
-        batch, steps = features.shape[:2]
-        sequences = torch.cat([features, features.flip(1)])  # (2B, T, C, H, W): forward and backward
-        hidden = torch.zeros_like(sequences[:, 0])
-        cell = torch.zeros_like(hidden)
-        outputs = []
+        batch, steps, c = features.shape[:3]
+        # Each frame's hidden states of both directions side by side, (B, T, 2C, H, W),
+        # filled as the steps make them; then merged.
+        both = empty_frames_like(features, channels=2 * c)
+        hidden = cell = None
         for t in range(steps):
-            x = sequences[:, t]
+            back = steps - 1 - t
+            x = torch.cat([features[:, t], features[:, back]])  # (2B, C, H, W): step t forward and backward
+            if hidden is None:
+                hidden = cell = torch.zeros_like(x)
             if self.state_first:
                 hidden, cell = self.step(x, self.align_hidden(hidden, x), self.align_cell(cell, x))
             else:
                 hidden, cell = self.step(x, self.align_hidden(x, hidden), self.align_cell(x, cell))
-            outputs.append(hidden)
-        forward, backward = torch.stack(outputs, dim=1).split(batch)
-        both = torch.cat([forward, backward.flip(1)], dim=2)  # (B, T, 2C, H, W)
-        return self.merge(both.flatten(0, 1)).view_as(features)
+            both[:, t, :c] = hidden[:batch]
+            both[:, back, c:] = hidden[batch:]
+        return self.merge(flatten_frames(both)).view_as(features)
 
 
 class MemoryGraphLayer(nn.Module):
@@ -220,16 +225,16 @@ class MemoryGraphLayer(nn.Module):
     def forward(self, nodes: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, C, H, W)"""
         b, t, c, h, w = nodes.shape
-        difference = (nodes[:, self.first] - nodes[:, self.second]).abs()  # (B, P, C, H, W)
-        pair_logits = self.edge(difference.flatten(0, 1)).view(b, -1, h, w)  # (B, P, H, W)
+        difference = (select_frames(nodes, self.first) - select_frames(nodes, self.second)).abs_()  # (B, P, C, H, W)
+        pair_logits = self.edge(flatten_frames(difference)).view(b, -1, h, w)  # (B, P, H, W)
         adjacency = pair_logits[:, self.pair_of].softmax(dim=2)  # (B, T, T, H, W), rows sum to 1
         # messages_p = sum_q A_pq E_q, as T multiply-adds over whole maps. (An
         # einsum runs it as one tiny T x T by T x C product per pixel: on the
         # CPU that took as long as a tenth of the network's convolutions.)
-        messages = adjacency[:, :, :1] * nodes[:, None, 0]  # (B, T, C, H, W)
+        messages = adjacency[:, :, :1] * nodes[:, None, 0]  # (B, T, C, H, W), laid out as nodes
         for q in range(1, t):
             messages.addcmul_(adjacency[:, :, q : q + 1], nodes[:, None, q])
-        return leaky_relu(self.theta(messages.flatten(0, 1)), inplace=True).view_as(nodes)
+        return leaky_relu(self.theta(flatten_frames(messages)), inplace=True).view_as(nodes)
 
 
 class LongRangeMemoryGraphAggregation(nn.Module):
@@ -274,13 +279,16 @@ class LongRangeMemoryGraphAggregation(nn.Module):
 
     def forward(self, local: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, C, H, W)"""
-        b, t, c, h, w = local.shape
-        memory = local[:, self.memory_indices()].flatten(1, 2)  # (B, tau * C, H, W)
-        enriched = torch.cat([local, memory.unsqueeze(1).expand(b, t, -1, h, w)], dim=2)
-        nodes = self.aggregate(enriched.flatten(0, 1)).view_as(local)  # eq. 12
+        c = local.shape[2]
+        # every frame's own features, then the whole memory's: (B, T, (1 + tau) C, H, W)
+        enriched = empty_frames_like(local, channels=(1 + self.memory_size) * c)
+        enriched[:, :, :c] = local
+        memory = select_frames(local, self.memory_indices())  # (B, tau, C, H, W)
+        enriched[:, :, c:].unflatten(2, (self.memory_size, c)).copy_(memory.unsqueeze(1))
+        nodes = self.aggregate(flatten_frames(enriched)).view_as(local)  # eq. 12
         for layer in self.graph:  # eq. 13, K times
             nodes = layer(nodes)
-        return local + self.refine(nodes.flatten(0, 1)).view_as(local)
+        return local + self.refine(flatten_frames(nodes)).view_as(local)
 
 
 class ProgressiveFusionBlock(nn.Module):
@@ -301,11 +309,13 @@ class ProgressiveFusionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, C, H, W)"""
-        b, t, c, h, w = x.shape
-        own = leaky_relu(self.own(x.flatten(0, 1)), inplace=True).view_as(x)
-        fused = leaky_relu(self.fuse(own.flatten(1, 2)), inplace=True)  # (B, C, H, W)
-        both = torch.cat([own, fused.unsqueeze(1).expand(b, t, c, h, w)], dim=2)
-        return x + leaky_relu(self.merge(both.flatten(0, 1)), inplace=True).view_as(x)
+        c = x.shape[2]
+        own = leaky_relu(self.own(flatten_frames(x)), inplace=True).view_as(x)
+        fused = leaky_relu(self.fuse(frames_as_channels(own)), inplace=True)  # (B, C, H, W)
+        both = empty_frames_like(x, channels=2 * c)  # (B, T, 2C, H, W): each frame's own, then the fused
+        both[:, :, :c] = own
+        both[:, :, c:] = fused.unsqueeze(1)
+        return x + leaky_relu(self.merge(flatten_frames(both)), inplace=True).view_as(x)
 
 
 class ProgressiveFusionReconstruction(nn.Module):
@@ -333,15 +343,14 @@ class ProgressiveFusionReconstruction(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """(B, T, C, H, W) -> (B, T, 3, 4H, 4W)"""
-        b, t = features.shape[:2]
-        per_frame = self.fusion(features).flatten(0, 1)
-        if per_frame.device.type == "cpu":
-            # oneDNN runs these plain convolutions and PixelShuffle faster on
-            # channels-last maps: the paper preset's body 14% and upsampling
-            # 35% faster on a 2-core CPU (not measured on a GPU yet).
-            per_frame = per_frame.contiguous(memory_format=torch.channels_last)
-        frames = self.upsample(self.body(per_frame)).contiguous()
-        return frames.view(b, t, *frames.shape[1:])
+        maps = self.body(flatten_frames(self.fusion(features)))  # (B * T, C, H, W)
+        # On the CPU the upsampling runs a frame at a time: its maps are 4x and
+        # 16x the LR's, and one frame's stay in the cache where all seven
+        # frames' do not (this stage took 30% less time so at 320x180 output,
+        # with the same result).
+        step = 1 if maps.device.type == "cpu" else maps.shape[0]
+        frames = torch.cat([self.upsample(m).contiguous() for m in maps.split(step)])  # NCHW, for the image work
+        return frames.unflatten(0, features.shape[:2])  # (B, T, 3, 4H, 4W)
 
 
 class MEGAN(nn.Module):
@@ -354,6 +363,14 @@ class MEGAN(nn.Module):
 
     scale = 4
     size_multiple = 4
+    # On the CPU every feature map, from the first convolution to the RGB
+    # output, is channels-last (NHWC): oneDNN's convolutions are faster on it
+    # than on NCHW (4x for a 64-channel 3x3 convolution on an AMD Zen 4, per
+    # shared/docs/measuring.md; 1.3x over all of the small preset's
+    # convolutions on an AVX2-only EPYC, from 0.7x to 1.7x by shape), and the
+    # blocks keep the layout (see `layers.empty_frames_like`). False runs
+    # NCHW, the layout on a GPU, where channels-last is not measured yet.
+    channels_last_on_cpu = True
 
     def __init__(self, config: MEGANConfig | None = None) -> None:
         super().__init__()
@@ -371,7 +388,10 @@ class MEGAN(nn.Module):
         self._check_input(frames)
         b, n1, _, h, w = frames.shape
         flows = motion.pair_flows(frames) if self.config.motion_prior else None  # (B, n, 2, H, W) twice
-        features = self.attention(frames.flatten(0, 1)).view(b, n1, -1, h, w)  # (B, n+1, C, H, W)
+        maps = frames.flatten(0, 1)  # (B * (n+1), 3, H, W)
+        if frames.device.type == "cpu" and self.channels_last_on_cpu:
+            maps = maps.contiguous(memory_format=torch.channels_last)
+        features = self.attention(maps).unflatten(0, (b, n1))  # (B, n+1, C, H, W)
         features = self.interpolation(features, flows)  # (B, 2n+1, C, H, W)
         features = self.convlstm(features)
         features = self.lmga(features)
@@ -444,6 +464,9 @@ class MEGAN(nn.Module):
 
 
 def _interleave(at_inputs: Tensor, between: Tensor) -> Tensor:
-    """(B, n+1, ...) and (B, n, ...) -> (B, 2n+1, ...): input 0, between 0, input 1, ..., input n."""
-    woven = torch.stack([at_inputs[:, :-1], between], dim=2).flatten(1, 2)
-    return torch.cat([woven, at_inputs[:, -1:]], dim=1)
+    """(B, n+1, C, H, W) and (B, n, C, H, W) -> (B, 2n+1, C, H, W), laid out
+    as `at_inputs`: input 0, between 0, input 1, ..., input n."""
+    woven = empty_frames_like(at_inputs, frames=2 * at_inputs.shape[1] - 1)
+    woven[:, 0::2] = at_inputs
+    woven[:, 1::2] = between
+    return woven

@@ -15,7 +15,10 @@ Choices made here:
   finite are skipped, counted, and logged; `max_bad_steps` of them in a row
   stop the run with an error, before the weights are touched.
 - Mixed precision on a GPU (bf16 where supported, else fp16 with a gradient
-  scaler); fp32 on the CPU.
+  scaler); fp32 on the CPU, even where it has native bf16 (`--precision
+  bf16` trains in bf16 autocast there: it runs and its loss stays close to
+  fp32's, but faster steps with the same loss curve are not shown yet).
+  Validation runs in the training precision.
 - `--batch` is the global batch: under `torchrun` each of W processes takes
   batch / W samples of it, and sample i of step s is the same picture
   whatever W is (see `data.TrainingSet`). Gradients are averaged by
@@ -58,7 +61,7 @@ from .config import MEGANConfig, NetworkConfig, config_from_dict, preset
 from .data import BadData, TrainingSet, collate, open_source, validation_set
 from .errors import StvsrError
 from .frames import SCALE, make_lr
-from .inference import Upscaler, resolve_device, resolve_precision
+from .inference import PRECISIONS, Upscaler, resolve_device, resolve_precision
 from .networks import Network, build_network
 from .metrics import psnr_y
 from .runlog import RunLog, progress_bar
@@ -171,7 +174,8 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
     checkpoint = _open_run(run_dir, options)
     _barrier(world)  # every process has looked at the run folder before rank 0 writes to it
 
-    dtype = resolve_precision(options.precision, device)
+    dtype = resolve_precision(options.precision, device, training=True)
+    precision = next(name for name, value in PRECISIONS.items() if value == dtype)  # for validation
     sources = [open_source(spec, options.crop * SCALE) for spec in options.data]
     windows = validation_set(options.val, options.val_size, options.val_windows) if options.val else []
     for source in sources:
@@ -284,7 +288,7 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
                     })
                 interval, seconds = [0.0, 0, 0], 0.0
             if windows and (step % options.val_every == 0 or step == options.iters):
-                score = validate(model, windows, device, options.precision, rank, world)
+                score = validate(model, windows, device, precision, rank, world)
                 improved = best is None or score > best
                 best = score if improved else best
                 if log is not None:

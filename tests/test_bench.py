@@ -44,6 +44,7 @@ def test_run_bench_reports_every_preset_with_consistent_derived_figures():
     assert model.seconds_per_frame == pytest.approx(model.window.median_seconds / 4)
     assert model.fps == pytest.approx(1 / model.seconds_per_frame)
     assert model.conv_fraction == pytest.approx(model.window.gflops / model.conv.gflops)
+    assert model.conv is model.references["float32"]
     assert model.peak_fraction is None and model.peak_memory > 0  # a CPU has no datasheet peak here
     assert report.deform is not None and report.deform.torchvision.gflop == report.deform.stvsr.gflop
     saved = json.loads(json.dumps(report.to_dict()))["models"][0]
@@ -72,6 +73,28 @@ def test_the_motion_prior_is_timed_without_and_with_it_side_by_side(tmp_path):
     assert (without["motion_prior"], with_prior["motion_prior"]) == (0, 1)
     assert without["prior_fraction"] is None and without["prior_seconds"] == []
     assert len(with_prior["prior_seconds"]) == 1 and 0 < with_prior["prior_fraction"] < 1
+
+
+def test_fp32_and_auto_side_by_side_against_the_fp32_and_bf16_convolutions(tmp_path, monkeypatch):
+    """On the CPU each row is compared with the plain convolution in fp32 and
+    in bf16; auto is bf16 on a CPU with native bf16 (faked here)."""
+    import stvsr_cli.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    path = tmp_path / "bench.json"
+    args = ["bench", "--device", "cpu", "--preset", "tiny", "--size", "32x24", "--runs", "1", "--no-deform",
+            "--model-only", "--precision", "fp32", "--precision", "auto", "--json", str(path)]
+    result = CliRunner().invoke(main, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "of fp32 conv" in result.output and "of bf16 conv" in result.output
+    assert "plain 64-channel 3x3 convolution (channels-last)" in result.output
+    fp32, auto = json.loads(path.read_text())["models"]
+    assert (fp32["precision"], auto["precision"]) == ("float32", "bfloat16")
+    for row in (fp32, auto):
+        assert set(row["references"]) == {"float32", "bfloat16"}
+        for name, reference in row["references"].items():
+            assert row["conv_fractions"][name] == pytest.approx(row["window"]["gflops"] / reference["gflops"])
+        assert row["conv"] == row["references"][row["precision"]]
 
 
 @pytest.mark.parametrize("frames, windows", [(1, 1), (4, 1), (5, 2), (6, 2), (8, 3), (96, 47)])
@@ -110,9 +133,9 @@ def test_cli_bench_writes_json(tmp_path):
     path = tmp_path / "bench.json"
     args = ["bench", "--device", "cpu", "--preset", "tiny", "--size", "32x24", "--runs", "1", "--no-deform",
             "--frames", "4"]
-    result = CliRunner().invoke(main, [*args, "--json", str(path)])
+    result = CliRunner().invoke(main, [*args, "--json", str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "tiny" in result.output and "of conv" in result.output and "of network" in result.output
+    assert "tiny" in result.output and "of fp32 conv" in result.output and "of network" in result.output
     saved = json.loads(path.read_text())
     assert saved["deform"] is None and saved["models"][0]["output_size"] == [32, 24]
     assert saved["models"][0]["end_to_end"]["output_frames"] == 8

@@ -59,14 +59,18 @@ def _forward_backward(fn, tensors, options):
 NAMES = ["input", "offset", "weight", "bias", "mask"]
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, F64), (torch.float32, F32)], ids=["f64", "f32"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_matches_torchvision_forward_and_backward(case, dtype, tolerance):
+def test_matches_torchvision_forward_and_backward(case, dtype, tolerance, layout):
     """Random fractional offsets up to several pixels: many taps land between
-    pixels, across the border (blending with the zero padding) or far outside."""
+    pixels, across the border (blending with the zero padding) or far outside.
+    A channels-last input (the network's on the CPU) gives a channels-last output."""
     tensors, options = _inputs(case, dtype)
     expected, expected_grads = _forward_backward(torchvision.ops.deform_conv2d, tensors, options)
+    tensors[0] = tensors[0].contiguous(memory_format=layout)
     out, grads = _forward_backward(deform_conv2d_cpu, tensors, options)
+    assert out.is_contiguous(memory_format=layout)
     torch.testing.assert_close(out, expected, **tolerance)
     for name, grad, expected_grad in zip(NAMES, grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad, **tolerance, msg=lambda m: f"grad wrt {name}: {m}")
@@ -108,6 +112,21 @@ def test_inference_mode_gives_the_same_result(monkeypatch, chunk_bytes):
     with torch.inference_mode():
         out = deform_conv2d_cpu(x, offset, weight, bias, padding=1, mask=mask)
     torch.testing.assert_close(out, expected.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_the_matrix_multiply_runs_in_the_dtype_asked_for(layout):
+    """bf16 (as under CPU autocast): fp32 sampling, bf16 product and result,
+    within bf16's rounding (8 bits) of the fp32 result; without autograd too."""
+    tensors, options = _inputs(CASES["small preset: 32 channels, 4 groups"], torch.float32)
+    x, offset, weight, bias, mask = tensors
+    x = x.contiguous(memory_format=layout)
+    expected = deform_conv2d_cpu(x, offset, weight, bias, mask=mask, **options)
+    for grad_mode in (torch.enable_grad, torch.inference_mode):
+        with grad_mode():
+            out = deform_conv2d_cpu(x, offset, weight, bias, mask=mask, matmul_dtype=torch.bfloat16, **options)
+        assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out.float(), expected, rtol=0, atol=0.03 * expected.abs().max().item())
 
 
 def test_dispatch_cpu_to_fast_path_and_the_rest_to_torchvision(monkeypatch):

@@ -1,11 +1,16 @@
 """The inference contract: any size in, range [0, 1] out, device and precision."""
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 
 from conftest import perturb_zero_initialised
-from stvsr_cli import StvsrError, Upscaler, save_weights
+from stvsr_cli import MEGAN, PRESETS, StvsrError, Upscaler, inference, save_weights
 from stvsr_cli.inference import resolve_device, resolve_precision
+
+WITH_PRIOR = dataclasses.replace(PRESETS["tiny"], image_residual=1, motion_prior=1)
 
 
 @pytest.fixture
@@ -48,11 +53,15 @@ def test_wrong_window_length_is_refused(upscaler):
         upscaler(torch.rand(1, 5, 3, 8, 8))
 
 
-def test_bf16_on_cpu_stays_close_to_fp32(tiny_model):
-    perturb_zero_initialised(tiny_model)
+@pytest.mark.parametrize("config", [PRESETS["tiny"], WITH_PRIOR], ids=["tiny", "tiny+prior"])
+def test_bf16_on_cpu_stays_close_to_fp32(config):
+    """bf16 runs on any CPU (slowly without native bf16), convolutions and the
+    deformable matrix multiplies in bf16, the sampling in fp32."""
+    model = MEGAN(config).eval()
+    perturb_zero_initialised(model)
     x = torch.rand(1, 4, 3, 12, 12)
-    fp32 = Upscaler(tiny_model, device="cpu", precision="fp32")(x)
-    bf16 = Upscaler(tiny_model, device="cpu", precision="bf16")(x)
+    fp32 = Upscaler(model, device="cpu", precision="fp32")(x)
+    bf16 = Upscaler(model, device="cpu", precision="bf16")(x)
     assert bf16.dtype == torch.float32
     assert (bf16 - fp32).abs().max() < 0.05
 
@@ -68,11 +77,40 @@ def test_from_weights(tmp_path, tiny_model):
 def test_device_and_precision_choices():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+    native = torch.bfloat16 if inference.cpu_has_native_bf16() else torch.float32
+    assert resolve_precision("auto", torch.device("cpu")) == native
+    assert resolve_precision("auto", torch.device("cpu"), training=True) == torch.float32
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16  # on any CPU, when asked
     with pytest.raises(StvsrError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
     with pytest.raises(StvsrError, match="unknown precision 'fp8'"):
         resolve_precision("fp8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "flags, native",
+    [
+        ({"avx2": True, "avx512_bf16": False, "amx_bf16": False}, False),  # AVX2 only (the EPYC these tests ran on)
+        ({"avx512_f": True, "avx512_bw": True, "avx512_bf16": False}, False),  # AVX-512 without bf16: emulated
+        ({"avx512_f": True, "avx512_bf16": True}, True),  # Zen 4, Cooper Lake
+        ({"amx_tile": True, "amx_bf16": True, "avx512_bf16": True}, True),  # Sapphire Rapids
+    ],
+)
+def test_auto_is_bf16_on_cpus_with_native_bf16_only(monkeypatch, flags, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags, raising=False)
+    assert inference.cpu_has_native_bf16() == native
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert resolve_precision("auto", cpu, training=True) == torch.float32
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="Linux's list of CPU flags")
+def test_native_bf16_detection_agrees_with_the_kernels_cpu_flags(monkeypatch):
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    expected = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert inference.cpu_has_native_bf16() == expected
+    monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)  # older PyTorch: read /proc/cpuinfo
+    assert inference.cpu_has_native_bf16() == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

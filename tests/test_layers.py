@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+import pytest
+
 from stvsr_cli.layers import (
     ConvLSTMCell,
     FeaturePyramid,
@@ -10,7 +12,14 @@ from stvsr_cli.layers import (
     NonLocalBlock,
     PCDAlignment,
     ResidualBlock,
+    empty_frames_like,
+    flatten_frames,
+    frames_as_channels,
+    is_channels_last,
+    select_frames,
 )
+
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def _naive_nonlocal(block: NonLocalBlock, x: torch.Tensor) -> torch.Tensor:
@@ -106,3 +115,41 @@ def test_residual_block_and_convlstm_cell_shapes():
     hidden, cell = ConvLSTMCell(8)(x, torch.zeros_like(x), torch.zeros_like(x))
     assert hidden.shape == cell.shape == x.shape
     assert hidden.abs().max() < 1  # h = o * tanh(c)
+
+
+def _frames(b: int, t: int, c: int, h: int, w: int, layout: torch.memory_format) -> torch.Tensor:
+    """(B, T, C, H, W) features: (B * T, C, H, W) maps in `layout`, first dimension split."""
+    return torch.randn(b * t, c, h, w).contiguous(memory_format=layout).unflatten(0, (b, t))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
+def test_frame_helpers_give_the_plain_results_in_the_features_layout(layout):
+    x = _frames(2, 5, 6, 4, 7, layout)
+    channels_last = layout == torch.channels_last
+    assert is_channels_last(x) == channels_last
+
+    new = empty_frames_like(x, frames=3, channels=8)
+    assert new.shape == (2, 3, 8, 4, 7) and is_channels_last(new) == channels_last
+
+    later = x[:, 1:]  # not a view-able flatten when B > 1: copied, in the same layout
+    flat = flatten_frames(later)
+    assert torch.equal(flat, later.reshape(8, 6, 4, 7))
+    assert flat.is_contiguous(memory_format=layout)
+    assert flatten_frames(x).data_ptr() == x.data_ptr()  # whole features: a view
+
+    stacked = frames_as_channels(x)
+    assert torch.equal(stacked, x.reshape(2, 30, 4, 7)) and stacked.is_contiguous(memory_format=layout)
+
+    indices = torch.tensor([4, 0, 0, 2])
+    selected = select_frames(x, indices)
+    assert torch.equal(selected, x[:, indices]) and is_channels_last(selected) == channels_last
+
+
+def test_nonlocal_block_is_the_same_on_channels_last_maps():
+    torch.manual_seed(0)
+    block = NonLocalBlock(8, window=4)
+    _randomise(block)
+    x = torch.randn(2, 8, 6, 10)  # windows of 4: padded to 8 x 12
+    out = block(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, block(x), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,6 @@
-"""The MEGAN network: block shapes, the whole forward pass, gradients, determinism."""
+"""The MEGAN network: block shapes, the whole forward pass, gradients, determinism, layout."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -83,13 +85,64 @@ def test_progressive_fusion_shapes():
     assert out.shape == (2, 7, 3, 24, 20)
 
 
-def test_reconstruction_runs_channels_last_on_the_cpu_and_returns_plain_nchw():
-    reconstruction = ProgressiveFusionReconstruction(C, frames=7, fusion_blocks=1, residual_blocks=2)
-    x = torch.randn(2, 7, C, 6, 5)
-    out = reconstruction(x)
+WITH_PRIOR = dataclasses.replace(PRESETS["tiny"], image_residual=1, motion_prior=1)
+
+
+@pytest.mark.parametrize("config", [PRESETS["tiny"], WITH_PRIOR], ids=["tiny", "tiny+prior"])
+def test_on_the_cpu_every_convolution_sees_channels_last_maps_and_the_output_is_nchw(config):
+    """Batch 2, so that slices of frames must be copied (in the same layout)."""
+    model = MEGAN(config).eval()
+    layouts = []
+    hooks = [
+        conv.register_forward_pre_hook(
+            lambda module, inputs, name=name: layouts.append(
+                (name, inputs[0].is_contiguous(memory_format=torch.channels_last))
+            )
+        )
+        for name, conv in model.named_modules()
+        if isinstance(conv, torch.nn.Conv2d)
+    ]
+    with torch.inference_mode():
+        out = model(torch.rand(2, 4, 3, 12, 16))
+    for hook in hooks:
+        hook.remove()
+    assert len(layouts) > 50
+    assert [name for name, channels_last in layouts if not channels_last] == []
     assert out.is_contiguous()
-    nchw = reconstruction.upsample(reconstruction.body(reconstruction.fusion(x).flatten(0, 1)))
-    torch.testing.assert_close(out, nchw.view_as(out), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "config, size",
+    [
+        (PRESETS["tiny"], (20, 20)),  # 2 x 2 attention windows of 16
+        # small's widths, motion prior and image residual; 2 x 3 attention windows
+        (dataclasses.replace(PRESETS["small"], attention_window=8), (12, 20)),
+    ],
+    ids=["tiny", "small"],
+)
+def test_channels_last_gives_the_nchw_result(config, size, monkeypatch):
+    """The layout changes only the order of the convolutions' sums: outputs
+    agree within 1e-5, and so do the gradients of a training step."""
+    torch.manual_seed(0)
+    model = MEGAN(config)
+    perturb_zero_initialised(model)
+    x = torch.rand(2, 4, 3, *size)
+    results = {}
+    for channels_last in (True, False):
+        monkeypatch.setattr(MEGAN, "channels_last_on_cpu", channels_last)
+        model.zero_grad()
+        torch.manual_seed(1)  # LMGA's random memory in training
+        out = model.train()(x)
+        out.square().mean().backward()
+        with torch.inference_mode():
+            inference = model.eval()(x)
+        results[channels_last] = out.detach(), inference, [p.grad.clone() for p in model.parameters()]
+    (out, inference, grads), (out_nchw, inference_nchw, grads_nchw) = results[True], results[False]
+    torch.testing.assert_close(out, out_nchw, rtol=0, atol=1e-5)
+    torch.testing.assert_close(inference, inference_nchw, rtol=0, atol=1e-5)
+    scale = max(g.abs().max() for g in grads_nchw)
+    for grad, grad_nchw in zip(grads, grads_nchw):
+        torch.testing.assert_close(grad, grad_nchw, rtol=0, atol=1e-4 * scale)
 
 
 def test_tiny_forward_shape(tiny_model):

@@ -142,6 +142,23 @@ def test_flow_guided_deformable_sampling_follows_the_flow():
     assert torch.allclose(ours[..., 3:-3, 4:-4], reference[..., 3:-3, 4:-4], atol=1e-5)
 
 
+def test_under_bf16_autocast_the_flow_is_added_to_the_offsets_in_fp32():
+    """bf16 keeps 8 significant bits: a flow of 37.3 pixels would become
+    37.25, every sample 0.05 pixel off (2e-4 off in this layer's output).
+    The offsets and the flow are added in fp32, so under CPU autocast the
+    layer still samples where the flow points (its matrix multiply runs in
+    the dtype of x, fp32 here)."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv(channels=4, offset_channels=4, groups=2)
+    x = torch.linspace(0, 1, 96).expand(1, 4, 8, 96).contiguous()  # a ramp: a shifted sample changes the value
+    flow = constant_flow(37.3, 0, 8, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = layer(x, torch.zeros(1, 4, 8, 96), flow)
+    reference = F.conv2d(motion.warp(x, flow), layer.conv.weight * 0.5, padding=1) + layer.conv.bias.view(1, -1, 1, 1)
+    inside = (..., slice(1, -1), slice(1, 50))  # where neither the map's edge nor the zero padding is sampled
+    torch.testing.assert_close(mixed[inside], reference[inside], rtol=0, atol=1e-5)
+
+
 PRIOR = dataclasses.replace(PRESETS["tiny"], image_residual=1, motion_prior=1)
 
 

@@ -3,7 +3,18 @@ windowed non-local attention or deformable alignment can use them. The MEGAN
 network in `stvsr_cli.megan` composes them."""
 
 from .attention import NonLocalBlock
-from .common import LEAKY_SLOPE, ConvLSTMCell, ResidualBlock, conv3x3, leaky_relu
+from .common import (
+    LEAKY_SLOPE,
+    ConvLSTMCell,
+    ResidualBlock,
+    conv3x3,
+    empty_frames_like,
+    flatten_frames,
+    frames_as_channels,
+    is_channels_last,
+    leaky_relu,
+    select_frames,
+)
 from .deformable import FeaturePyramid, ModulatedDeformConv, PCDAlignment
 
 __all__ = [
@@ -15,5 +26,10 @@ __all__ = [
     "PCDAlignment",
     "ResidualBlock",
     "conv3x3",
+    "empty_frames_like",
+    "flatten_frames",
+    "frames_as_channels",
+    "is_channels_last",
     "leaky_relu",
+    "select_frames",
 ]

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .common import is_channels_last
+
 
 class NonLocalBlock(nn.Module):
     """Non-local residual block with dot-product similarity (MEGAN sec. 3.1, eqs. 1-3).
@@ -52,7 +54,7 @@ class NonLocalBlock(nn.Module):
             valid[..., :h, :w] = True
             key_mask = self._windows(valid, wh, ww).transpose(-1, -2)  # (1, windows, 1, wh * ww)
         y = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask, scale=1.0)  # eqs. 1-2
-        y = self._merge(y, n, h + pad_h, w + pad_w, wh, ww)[..., :h, :w]
+        y = self._merge(y, n, h + pad_h, w + pad_w, wh, ww, is_channels_last(x))[..., :h, :w]
         return self.w_z(y) + x  # eq. 3
 
     @staticmethod
@@ -62,7 +64,10 @@ class NonLocalBlock(nn.Module):
         return t.reshape(n, (h // wh) * (w // ww), wh * ww, c)
 
     @staticmethod
-    def _merge(t: Tensor, n: int, h: int, w: int, wh: int, ww: int) -> Tensor:
+    def _merge(t: Tensor, n: int, h: int, w: int, wh: int, ww: int, channels_last: bool) -> Tensor:
+        """(N, windows, wh * ww, C') -> (N, C', H, W), in one copy to either layout."""
         c = t.shape[-1]
-        t = t.view(n, h // wh, w // ww, wh, ww, c).permute(0, 5, 1, 3, 2, 4)
-        return t.reshape(n, c, h, w)
+        t = t.view(n, h // wh, w // ww, wh, ww, c)
+        if channels_last:
+            return t.transpose(2, 3).reshape(n, h, w, c).permute(0, 3, 1, 2)
+        return t.permute(0, 5, 1, 3, 2, 4).reshape(n, c, h, w)

@@ -16,6 +16,61 @@ def leaky_relu(x: Tensor, inplace: bool = False) -> Tensor:
     return F.leaky_relu(x, LEAKY_SLOPE, inplace=inplace)
 
 
+def is_channels_last(x: Tensor) -> bool:
+    """Whether the channels of x, (..., C, H, W), are innermost in memory (NHWC).
+
+    A map of one channel is the same in either layout and counts as NCHW.
+    """
+    return x.shape[-3] > 1 and x.stride(-3) == 1
+
+
+def empty_frames_like(x: Tensor, frames: int | None = None, channels: int | None = None) -> Tensor:
+    """An uninitialised (B, frames, channels, H, W) tensor (x's sizes where not
+    given) whose maps are laid out as x's: channels-last if x's are.
+
+    Features of several frames, (B, T, C, H, W), are always (B * T, C, H, W)
+    maps with their first dimension split, so that convolutions see them as
+    one batch in the layout the network runs in. `torch.cat` and
+    `torch.stack` of such tensors along T or C return NCHW copies on any
+    input; building the result in a tensor from here and filling it by
+    slices keeps the layout.
+    """
+    b, t, c, h, w = x.shape
+    t, c = frames or t, channels or c
+    layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    return torch.empty(b * t, c, h, w, dtype=x.dtype, device=x.device, memory_format=layout).view(b, t, c, h, w)
+
+
+def flatten_frames(x: Tensor) -> Tensor:
+    """(B, T, C, H, W) -> (B * T, C, H, W): a view where the memory allows,
+    else a copy in x's layout (`Tensor.flatten` would copy to NCHW)."""
+    b, t = x.shape[:2]
+    if b > 1 and t > 1 and x.stride(0) != t * x.stride(1):  # e.g. x[:, 1:] of a batch
+        x = empty_frames_like(x).copy_(x)
+    return x.flatten(0, 1)
+
+
+def select_frames(x: Tensor, indices: Tensor) -> Tensor:
+    """x[:, indices] for (B, T, C, H, W) x, in x's layout. (Indexing
+    channels-last frames gathers them a pixel at a time; here each frame is
+    one block copy.)"""
+    if not is_channels_last(x):
+        return x.index_select(1, indices)
+    return x.permute(0, 1, 3, 4, 2).index_select(1, indices).permute(0, 1, 4, 2, 3)
+
+
+def frames_as_channels(x: Tensor) -> Tensor:
+    """(B, T, C, H, W) -> (B, T * C, H, W), channel t * C + c holding frame t's
+    channel c, in x's layout: a view of NCHW frames, a copy of channels-last
+    ones (there a pixel's channels must become all T frames' channels)."""
+    b, t, c, h, w = x.shape
+    if not is_channels_last(x):
+        return x.flatten(1, 2)
+    out = torch.empty(b, t * c, h, w, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out.view(b, t, c, h, w).copy_(x)
+    return out
+
+
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     """A 3x3 convolution that keeps the spatial size (or halves it with stride 2)."""
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)

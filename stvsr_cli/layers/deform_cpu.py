@@ -19,7 +19,9 @@ PyTorch operators, so autograd gives the backward pass:
 2. the columns are multiplied by the modulation masks;
 3. one batched matrix multiply, (Cout, C*9) @ (N, C*9, Ho*Wo), gives the
    output already in NCHW order, because the columns come out in the
-   (channel, tap) order of the weight tensor.
+   (channel, tap) order of the weight tensor; for a channels-last input
+   the same product taken the other way round, (N, Ho*Wo, C*9) @ (C*9,
+   Cout), gives it in channels-last order.
 
 Without autograd, steps 1-3 run a few output rows at a time, so the
 columns (9x the input) stay in cache (`COLUMNS_CHUNK_BYTES`).
@@ -54,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .common import is_channels_last
+
 BACKENDS = ("auto", "torchvision")
 COLUMNS_CHUNK_BYTES = 4 << 20  # measured best of 1, 4, 16 MB and unchunked (68 MB) on a 2-core CPU
 _backend = "auto"
@@ -82,10 +86,13 @@ def deform_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     mask: Tensor | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """`torchvision.ops.deform_conv2d`, with CPU float tensors sent to the fast path."""
+    """`torchvision.ops.deform_conv2d`, with CPU float tensors sent to the fast
+    path. `matmul_dtype` applies there only (see `deform_conv2d_cpu`):
+    torchvision computes everything in the input's dtype."""
     if _backend == "auto" and _fast_path_applies(input, offset, weight, mask):
-        return deform_conv2d_cpu(input, offset, weight, bias, stride, padding, dilation, mask)
+        return deform_conv2d_cpu(input, offset, weight, bias, stride, padding, dilation, mask, matmul_dtype)
     import torchvision.ops  # here, not at the top: importing it takes seconds, and the CPU path never needs it
 
     return torchvision.ops.deform_conv2d(input, offset, weight, bias, stride, padding, dilation, mask)
@@ -119,6 +126,7 @@ def deform_conv2d_cpu(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     mask: Tensor | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Modulated deformable convolution (DCNv2; DCNv1 when `mask` is None)
     with torchvision's arguments, layouts and results, from differentiable
@@ -126,6 +134,12 @@ def deform_conv2d_cpu(
 
     offset: (N, 2 * G * kh * kw, Ho, Wo), channels ordered (group, tap, (dy, dx))
     mask:   (N, G * kh * kw, Ho, Wo), channels ordered (group, tap)
+
+    A channels-last input gives a channels-last output (and NCHW gives
+    NCHW), at no extra cost: only the order of the matrix product changes.
+    The sampling runs in the input's dtype; `matmul_dtype` (the input's by
+    default) is the dtype of the matrix multiply and of the result, e.g.
+    bf16 on a CPU with bf16 dot products, where sampled positions stay exact.
     """
     (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, w = input.shape
@@ -145,14 +159,24 @@ def deform_conv2d_cpu(
         t is not None and t.requires_grad for t in (input, offset, weight, bias, mask)
     )
     dtype = input.dtype
+    matmul_dtype = matmul_dtype or dtype
+    channels_last = is_channels_last(input)
 
     # Each deformable group becomes an image of C/G channels on a zero plane
     # of 2^k + 1 pixels per side (see the module docstring), stored
     # transposed, (W, H): grid_sample's grid is (x, y), along the last axis
     # first, so on a transposed plane it is (y, x), the offsets' own order.
+    # Planes of a channels-last input are channels-last too: filling them
+    # then reads the input in order, and grid_sample's reads of one corner
+    # for consecutive channels are neighbours in memory.
     hq, wq = _plane_size(h), _plane_size(w)
     scale = input.new_tensor([2 / (hq - 1), 2 / (wq - 1)])  # pixels -> normalised units, powers of two
-    planes = F.pad(input.reshape(n * groups, c // groups, h, w).transpose(2, 3), (0, hq - h, 0, wq - w))
+    if channels_last:
+        planes = input.new_zeros(n, groups, wq, hq, c // groups).permute(0, 1, 4, 2, 3)
+    else:
+        planes = input.new_zeros(n, groups, c // groups, wq, hq)
+    planes[..., :w, :h] = input.reshape(n, groups, c // groups, h, w).transpose(3, 4)
+    planes = planes.flatten(0, 1)  # (N * G, C/G, Wq, Hq), a view in either layout
 
     # grid (N, G, taps, Ho, Wo, (y, x)) = (tap position + offset) * scale - 1
     taps_y = (torch.arange(kh, dtype=dtype) * dh).repeat_interleave(kw).view(taps, 1, 1)
@@ -165,8 +189,15 @@ def deform_conv2d_cpu(
 
     if mask is not None:
         mask = mask.reshape(n, groups, 1, taps, ho * wo)
-    weight = weight.reshape(1, c_out, c * taps).expand(n, -1, -1)
-    bias = None if bias is None else bias.view(1, c_out, 1)
+    weight = weight.to(matmul_dtype).reshape(1, c_out, c * taps)
+    if channels_last:
+        # (N, pixels, C * taps) @ (C * taps, Cout): rows of the product are NHWC pixels
+        weight = weight.transpose(1, 2)
+        bias = None if bias is None else bias.to(matmul_dtype).view(1, 1, c_out)
+    else:
+        # (Cout, C * taps) @ (N, C * taps, pixels): the product is already NCHW
+        bias = None if bias is None else bias.to(matmul_dtype).view(1, c_out, 1)
+    weight = weight.expand(n, -1, -1)
 
     # Without autograd, a few output rows at a time: the columns, 9x the
     # input, then stay in cache between sampling, mask and product, and
@@ -187,9 +218,12 @@ def deform_conv2d_cpu(
         columns = columns.view(n, groups, c // groups, taps, -1)
         if mask is not None:
             columns = columns * mask[..., pixels] if grad else columns.mul_(mask[..., pixels])
-        # (Cout, C * taps) @ (N, C * taps, pixels): the columns are in the
-        # weight's (channel, tap) order and the product is already NCHW.
-        columns = columns.view(n, c * taps, -1)
-        outputs.append(torch.bmm(weight, columns) if bias is None else torch.baddbmm(bias, weight, columns))
-    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        # The columns are in the weight's (channel, tap) order: (N, C * taps, pixels).
+        columns = columns.view(n, c * taps, -1).to(matmul_dtype)
+        a, b = (columns.transpose(1, 2), weight) if channels_last else (weight, columns)
+        outputs.append(torch.bmm(a, b) if bias is None else torch.baddbmm(bias, a, b))
+    if channels_last:
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)  # (N, Ho * Wo, Cout)
+        return out.view(n, ho, wo, c_out).permute(0, 3, 1, 2)
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (N, Cout, Ho * Wo)
     return out.view(n, c_out, ho, wo)

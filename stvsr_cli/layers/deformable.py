@@ -40,24 +40,32 @@ class ModulatedDeformConv(nn.Module):
         offsets are then a residual over the flow (flow-guided deformable
         alignment, as in BasicVSR++), so zero-started offset heads sample x
         where the flow says its content is."""
-        # (N, 27 G, H, W) -> offsets (N, 18 G, H, W) and masks (N, 9 G, H, W)
-        offset, mask = self.offset_mask(offset_feature).split([18 * self.groups, 9 * self.groups], dim=1)
+        # (N, 27 G, H, W) -> offsets (N, 18 G, H, W) and masks (N, 9 G, H, W),
+        # in fp32 even under autocast (reduced-precision offsets misplace
+        # samples on large maps; torchvision has no bf16 kernel) and NCHW
+        # whatever the features' layout: the sampling reads them a plane (one
+        # group's tap) at a time, and elementwise work on channel slices of a
+        # channels-last map runs in short strided pieces (the masks' sigmoid and
+        # product and the grid took 2.5 to 5 times as long so in a profile here).
+        offset_mask = self.offset_mask(offset_feature).to(torch.float32, memory_format=torch.contiguous_format)
+        offset, mask = offset_mask.split([18 * self.groups, 9 * self.groups], dim=1)
         if flow is not None:
             # offsets are (dy, dx) per group and tap: add the flow, turned to (y, x), to every one of them
             n, _, h, w = offset.shape
-            offset = (offset.view(n, 9 * self.groups, 2, h, w) + flow.flip(1).unsqueeze(1).to(offset.dtype)).view(
+            offset = (offset.view(n, 9 * self.groups, 2, h, w) + flow.flip(1).unsqueeze(1).float()).view(
                 n, 18 * self.groups, h, w
             )
-        # Sampling runs in fp32 even under autocast: reduced-precision offsets
-        # misplace samples on large maps, and torchvision has no bf16 kernel.
+        # The matrix multiply after the sampling runs, on the CPU, in the
+        # dtype the features come in, like any other (bf16 under bf16 autocast).
         with torch.autocast(x.device.type, enabled=False):
             out = deform_conv2d(
                 x.float(),
-                offset.float(),
+                offset,
                 self.conv.weight.float(),
                 self.conv.bias.float(),
                 padding=1,
-                mask=torch.sigmoid(mask.float()),
+                mask=torch.sigmoid(mask),
+                matmul_dtype=x.dtype,
             )
         return out.to(x.dtype)
 

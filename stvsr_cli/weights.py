@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -290,11 +291,17 @@ def read_checkpoint(path: str | os.PathLike) -> object:
         with path.open("rb") as file, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, SafetensorError) as error:
+    except pickle.UnpicklingError as error:
+        # torch's message goes on about retrying with weights_only=False, which
+        # would run whatever code the file holds: name only what it holds.
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        holds = f"Python objects ({found.group(1)})" if found else "Python objects"
         raise WeightsError(
-            f"{path} is not a readable PyTorch checkpoint of plain tensors "
-            f"(stvsr never unpickles arbitrary objects): {_first_line(error)}"
+            f"{path} is not a stvsr weights file: it is a pickle holding {holds}, not plain tensors, "
+            "and stvsr never unpickles arbitrary objects"
         ) from error
+    except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as error:
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {_first_line(error)}") from error
 
 
 def _read_checkpoint(path: Path) -> Weights:

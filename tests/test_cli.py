@@ -86,6 +86,19 @@ def test_a_pickle_named_safetensors_gets_the_same_clean_line(runner, tmp_path, s
     assert result.exit_code == 1, result.output
     assert result.output.startswith("stvsr: error:") and result.output.count("\n") == 1, result.output
     assert "unexpected" not in result.output and "stvsr" in result.output.split("error:", 1)[1]
+    assert "weights_only" not in result.output  # torch's advice to load it unsafely is not passed on
+
+
+def test_a_pickle_of_objects_is_not_a_weights_file_and_no_unsafe_advice_is_given(runner, tmp_path):
+    import pickle
+
+    path = tmp_path / "model.pth"
+    path.write_bytes(pickle.dumps({"model": pytest.approx(1)}, protocol=2))  # a class weights_only refuses
+    result = runner.invoke(main, ["info", "--weights", str(path)])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip()
+    assert result.output.count("\n") == 1 and "not a stvsr weights file" in line, result.output
+    assert "ApproxScalar" in line and "weights_only" not in line, result.output
 
 
 @pytest.mark.parametrize("where", ["group", "command"])

@@ -241,12 +241,25 @@ def _network_options(function):
 @click.option("--preset", "encoder_preset", help="Encoder speed preset, e.g. medium, slow.")
 @click.option("--pix-fmt", help="Output pixel format.  [default: yuv420p (yuv420p10le for 10-bit input) where the "
                                 "encoder takes it, a palette per frame for .gif]")
+@click.option("--encoder-opt", "encoder_opts", multiple=True, metavar="KEY=VALUE",
+              help="Pass -KEY VALUE to the video encoder (repeatable), e.g. --encoder-opt tune=film --encoder-opt g=48.")
 @click.option("--no-audio", is_flag=True, help="Drop the audio and subtitle streams.")
+@click.option("--start", metavar="TIME", help="Start this far into INPUT, as ffmpeg's -ss: seconds (90, 1.5) or "
+                                               "[HH:]MM:SS[.ms]. The frames are the whole run's frames.")
+@click.option("--duration", metavar="TIME", help="Upscale this much of INPUT, as ffmpeg's -t. [default: to the end]")
+@click.option("--end", metavar="TIME", help="Stop at this time of INPUT, as ffmpeg's -to (instead of --duration).")
+@click.option("--segment", type=float, default=10.0, show_default=True, metavar="SECONDS",
+              help="Work in segments of this many seconds of INPUT: what an interruption can cost, and what "
+                   "several processes share out.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run into OUTPUT from its last finished "
+                                             "segment; the other options must be the same as then.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; warnings and errors still show.")
 def upscale(input: Path, output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
             scene_threshold: float, codec: str | None, crf: int | None, encoder_preset: str | None,
-            pix_fmt: str | None, no_audio: bool, overwrite: bool, quiet: bool) -> None:
+            pix_fmt: str | None, encoder_opts: tuple[str, ...], no_audio: bool, start: str | None,
+            duration: str | None, end: str | None, segment: float, resume: bool, overwrite: bool,
+            quiet: bool) -> None:
     """Upscale INPUT 4x in width and height and 2x in frame rate into OUTPUT.
 
     OUTPUT is a video file or a directory, which receives numbered PNG
@@ -266,9 +279,11 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
 
     from .encode import EncodeOptions
     from .progress import FrameProgress
+    from .segments import parse_time
     from .upscale import UpscaleOptions, upscale_video
 
-    encode = {"codec": codec, "preset": encoder_preset, "pix_fmt": pix_fmt, "audio": not no_audio}
+    encode = {"codec": codec, "preset": encoder_preset, "pix_fmt": pix_fmt, "audio": not no_audio,
+              "extra": tuple(_key_value(option) for option in encoder_opts)}
     if crf is not None:
         encode["crf"] = crf
     options = UpscaleOptions(
@@ -280,6 +295,11 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
         scene_threshold=scene_threshold,
         encode=EncodeOptions(**encode),
         overwrite=overwrite,
+        start=parse_time(start, "--start") if start else 0.0,
+        duration=parse_time(duration, "--duration") if duration else None,
+        end=parse_time(end, "--end") if end else None,
+        segment=segment,
+        resume=resume,
     )
     console = Console(stderr=True, quiet=quiet)
     with _warnings_to(Console(stderr=True)), FrameProgress(console) as progress:
@@ -294,6 +314,14 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _key_value(option: str) -> tuple[str, str]:
+    key, equals, value = option.partition("=")
+    key = key.strip().lstrip("-")
+    if not equals or not key:
+        raise StvsrError(f"--encoder-opt {option!r} is not KEY=VALUE; write e.g. --encoder-opt tune=film")
+    return key, value
 
 
 @main.command()

@@ -230,7 +230,7 @@ def _network_options(function):
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...")
 @click.argument("output")  # a str: a trailing "/" asks for a frame directory
 @_network_options
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCENE_THRESHOLD, show_default=True,
@@ -253,26 +253,39 @@ def _network_options(function):
                    "several processes share out.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run into OUTPUT from its last finished "
                                              "segment; the other options must be the same as then.")
+@click.option("--format", "format_", metavar="EXT",
+              help="For several inputs: write every output as this container (mp4, mkv...). [default: each input's]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write each input's result (frames, fps, seconds, status, error) to this JSON file.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; warnings and errors still show.")
-def upscale(input: Path, output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
+def upscale(inputs: tuple[Path, ...], output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
             scene_threshold: float, codec: str | None, crf: int | None, encoder_preset: str | None,
             pix_fmt: str | None, encoder_opts: tuple[str, ...], no_audio: bool, start: str | None,
-            duration: str | None, end: str | None, segment: float, resume: bool, overwrite: bool,
-            quiet: bool) -> None:
+            duration: str | None, end: str | None, segment: float, resume: bool, format_: str | None,
+            json_path: Path | None, overwrite: bool, quiet: bool) -> None:
     """Upscale INPUT 4x in width and height and 2x in frame rate into OUTPUT.
 
     OUTPUT is a video file or a directory, which receives numbered PNG
     frames. A video's extension picks the container and what goes in it:
     H.264 and the source's audio and subtitles for .mp4, .mkv, .mov and .ts,
     VP9 and Opus for .webm, a GIF without sound for .gif. OUTPUT appears
-    only when the run succeeds.
+    only when the run succeeds; until then the finished segments wait in a
+    hidden folder beside it, and a stopped run continues with --resume.
+
+    Several INPUTs, or folders of videos, go into OUTPUT, an existing
+    folder, each as OUTPUT/<name><ext>; outputs already there are skipped,
+    and a failure does not stop the others. Under torchrun the segments
+    (or the inputs) are shared out between the processes.
 
     \b
     Examples:
       stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
       stvsr upscale in.mkv out.mkv --codec libx265 --crf 20 --device cuda
-      stvsr upscale in.mp4 out.webm
+      stvsr upscale in.mp4 preview.mp4 --start 1:30 --duration 5
+      stvsr upscale film.mkv film_x4.mkv --resume
+      stvsr upscale clips/ more.mov upscaled/ --format mkv --json results.json
+      torchrun --nproc_per_node 4 -m stvsr_cli upscale film.mkv film_x4.mkv
       stvsr upscale in.mp4 frames/
     """
     from rich.console import Console
@@ -301,19 +314,87 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
         segment=segment,
         resume=resume,
     )
-    console = Console(stderr=True, quiet=quiet)
-    with _warnings_to(Console(stderr=True)), FrameProgress(console) as progress:
-        result = upscale_video(input, output, options, progress=progress.update)
-    if not quiet:
+    from .batch import BatchItem, write_json
+    from .distributed import finish, from_environment
+
+    ranks = from_environment()
+    try:
+        if len(inputs) > 1 or inputs[0].is_dir():
+            _upscale_batch(list(inputs), Path(output), options, format_, json_path, quiet, ranks)
+            return
+        if format_:
+            raise StvsrError("--format is for several inputs; for one, OUTPUT's extension picks the container")
+        console = Console(stderr=True, quiet=quiet or not ranks.leader)
+        try:
+            with _warnings_to(Console(stderr=True)), FrameProgress(console) as progress:
+                result = upscale_video(inputs[0], output, options, progress=progress.update, ranks=ranks)
+        except StvsrError as error:
+            if json_path is not None and ranks.leader:
+                write_json([BatchItem(str(inputs[0]), output, "failed", error=str(error))], json_path)
+            raise
+        if json_path is not None and ranks.leader:
+            write_json([BatchItem.from_result(inputs[0], result)], json_path)
+    finally:
+        finish(ranks)
+    if not quiet and ranks.leader:
         width, height = result.output_size
         cuts = f"; {result.scene_cuts} scene cut{'s' * (result.scene_cuts != 1)}" if result.scene_cuts else ""
         console.print(
             f"Wrote {output}: {result.output_frames} frames of {width}x{height} at {float(result.output_fps):.3g} fps "
             f"from {result.input_frames} at {float(result.input_fps):.3g} fps, in {result.seconds:.1f} s "
-            f"({result.output_frames / result.seconds:.2f} frames a second){cuts}.",
+            f"({result.output_frames / result.seconds:.2f} frames a second){cuts}"
+            + (f"; {result.resumed} of {result.segments} segments were done before --resume" if result.resumed else "")
+            + ".",
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _upscale_batch(paths: list[Path], folder: Path, options, format_: str | None, json_path: Path | None,
+                   quiet: bool, ranks) -> None:
+    """Several inputs into a folder: a progress bar each, a summary table,
+    and a non-zero exit when any input failed."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from .batch import collect_inputs, upscale_batch, write_json
+    from .progress import FrameProgress
+
+    console = Console(stderr=True, quiet=quiet or not ranks.leader)
+    inputs = collect_inputs(paths)
+    bars: list = []
+
+    def progress(input: Path):
+        if bars:
+            bars.pop().__exit__(None, None, None)
+        console.print(f"{input}", highlight=False, soft_wrap=True)
+        bar = FrameProgress(console)
+        bars.append(bar)
+        return bar.__enter__().update
+
+    with _warnings_to(Console(stderr=True)):
+        try:
+            items = upscale_batch(inputs, folder, options, format=format_, ranks=ranks, progress=progress)
+        finally:
+            if bars:
+                bars.pop().__exit__(None, None, None)
+    if not ranks.leader:
+        return
+    if json_path is not None:
+        write_json(items, json_path)
+    if not quiet:
+        table = Table(box=box.SIMPLE_HEAD)
+        for column in ("input", "status", "frames", "fps", "seconds", "error"):
+            table.add_column(column, justify="right" if column in ("frames", "fps", "seconds") else "left")
+        for item in items:
+            table.add_row(item.input, item.status, "" if item.output_frames is None else str(item.output_frames),
+                          "" if item.output_fps is None else f"{item.output_fps:.3g}",
+                          "" if item.seconds is None else f"{item.seconds:.1f}", item.error or "")
+        Console().print(table)
+    failed = [item for item in items if item.status == "failed"]
+    if failed:
+        raise StvsrError(f"{len(failed)} of {len(items)} inputs failed; the first: {failed[0].input}: {failed[0].error}")
 
 
 def _key_value(option: str) -> tuple[str, str]:

@@ -30,6 +30,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import IO
 
 from .errors import StvsrError
+
+log = logging.getLogger("stvsr")
 
 DEFAULT_SEGMENT_SECONDS = 10.0  # of source: what an interruption can cost, against a file per segment
 
@@ -133,6 +136,11 @@ class WorkFolder:
         if self.path.exists() and self._held_elsewhere():
             raise StvsrError(f"another stvsr run is writing {self.output.name} right now (its work is in "
                              f"{self.path}); wait for it to finish")
+        if self.path.exists() and not resume and not self.finished():
+            # Killed before a segment was done (kill -9 leaves no chance to clean up): nothing to keep.
+            shutil.rmtree(self.path, ignore_errors=True)
+            log.warning("removed %s, the unfinished work of an earlier run into %s that was killed",
+                        self.path, self.output.name)
         if self.path.exists() and not resume:
             done = len(self.finished())
             raise StvsrError(

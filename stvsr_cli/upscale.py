@@ -221,9 +221,12 @@ def upscale_video(
             failures = []
         work.unlock()
         done = work.finished() if work.path.exists() else {}
-        if (error is not None or failures) and ranks.leader and 0 < len(done) < len(segments):
-            log.warning("%d of %d segments are done and kept in %s; run the same command with --resume to "
-                        "continue", len(done), len(segments), work.path)
+        if (error is not None or failures) and ranks.leader:
+            if not done:  # nothing to resume: leave nothing behind
+                work.remove()
+            elif len(done) < len(segments):
+                log.warning("%d of %d segments are done and kept in %s; run the same command with --resume to "
+                            "continue", len(done), len(segments), work.path)
     if failures:
         rank, message = failures[0]
         raise StvsrError(f"process {rank} of {ranks.world} failed: {message}")
@@ -319,6 +322,8 @@ class _Pipeline:
                 thread.join()
         except BaseException:  # Ctrl-C while joining: still stop the other stages
             self._stop.set()
+            for thread in threads:  # the encoder thread aborts its segment's ffmpeg within 0.1 s
+                thread.join(timeout=10)
             raise
         if self._errors:
             raise self._errors[0]

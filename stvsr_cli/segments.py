@@ -219,18 +219,21 @@ class WorkFolder:
         os.replace(partial, path)
 
 
-def _difference(old: dict, new: dict, prefix: str = "") -> str:
+def _difference(old: dict, new: dict) -> str:
     """The first setting that differs, in words: 'encode.crf was 18, now 20'."""
+    def first(old: dict, new: dict, prefix: str) -> str | None:
+        for key in sorted(set(old) | set(new)):
+            a, b = old.get(key), new.get(key)
+            if isinstance(a, dict) and isinstance(b, dict):
+                found = first(a, b, f"{prefix}{key}.")
+                if found:
+                    return found
+            elif a != b:
+                return f"{prefix}{key} was {a}, now {b}"
+        return None
+
     new = json.loads(json.dumps(new, default=str))  # as it reads back from state.json
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key} was {a}, now {b}"
-    return "it was made by another version of stvsr" if old else "its state file is unreadable"
+    return first(old, new, "") or ("it was made by another version of stvsr" if old else "its state file is unreadable")
 
 
 def describe(options) -> dict:

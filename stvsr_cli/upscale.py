@@ -284,28 +284,39 @@ class _Pipeline:
 
         def encode() -> None:
             writer, current, count = None, None, 0
-            finished = set()
+            finished: dict[int, int] = {}
+            closing: list[threading.Thread] = []
+
+            def close(writer: FrameWriter, segment: Segment, count: int) -> None:
+                writer.close()
+                record(segment.index, count)
+                finished[segment.index] = count
+
             try:
                 for index, frame in self._drain(frame_queue):
                     segment = next(s for s in segments if s.wants(index))
                     if segment is not current:
                         if writer is not None:
-                            writer.close()
-                            record(current.index, count)
-                            finished.add(current.index)
+                            # Closing flushes the encoder's lookahead: in the background, so the next
+                            # segment's frames keep flowing and the network never waits on it.
+                            closing.append(threading.Thread(target=self._guard, args=(close, writer, current, count),
+                                                            name="stvsr-close", daemon=True))
+                            closing[-1].start()
                         writer, current, count = open_segment(segment), segment, 0
                     writer.write(frame)
                     count += 1
                     written[0] += 1
                     on_frame(written[0])
                 if writer is not None:
-                    writer.close()
-                    record(current.index, count)
-                    finished.add(current.index)
-                    writer = None
+                    writer, last = None, writer
+                    close(last, current, count)
             finally:
                 if writer is not None:
                     writer.abort()
+                for thread in closing:
+                    thread.join()
+            if self._errors or self._stop.is_set():
+                return
             for segment in segments:  # past the end of the video
                 if segment.index not in finished:
                     record(segment.index, 0)

@@ -384,14 +384,21 @@ def _upscale_batch(paths: list[Path], folder: Path, options, format_: str | None
     if json_path is not None:
         write_json(items, json_path)
     if not quiet:
+        # The errors go below the table, whole: in a column they wrap into a tall, narrow block.
         table = Table(box=box.SIMPLE_HEAD)
-        for column in ("input", "status", "frames", "fps", "seconds", "error"):
-            table.add_column(column, justify="right" if column in ("frames", "fps", "seconds") else "left")
+        for column in ("input", "status", "frames", "fps", "seconds"):
+            table.add_column(column, justify="right" if column in ("frames", "fps", "seconds") else "left",
+                             overflow="fold")
         for item in items:
-            table.add_row(item.input, item.status, "" if item.output_frames is None else str(item.output_frames),
+            status = "skipped (exists)" if item.status == "skipped" else item.status
+            table.add_row(item.input, status, "" if item.output_frames is None else str(item.output_frames),
                           "" if item.output_fps is None else f"{item.output_fps:.3g}",
-                          "" if item.seconds is None else f"{item.seconds:.1f}", item.error or "")
-        Console().print(table)
+                          "" if item.seconds is None else f"{item.seconds:.1f}")
+        out = Console()
+        out.print(table)
+        for item in items:
+            if item.status == "failed":
+                out.print(f"{item.input}: {item.error}", highlight=False, soft_wrap=True)
     failed = [item for item in items if item.status == "failed"]
     if failed:
         raise StvsrError(f"{len(failed)} of {len(items)} inputs failed; the first: {failed[0].input}: {failed[0].error}")

@@ -233,8 +233,13 @@ def upscale_video(
     if ranks.leader:
         files = [work.segment_path(s.index, suffix) for s in segments if done.get(s.index)]
         written = sum(done.values())
-        join_segments(files, output, info, fps=fps, options=encode, first_frame=first,
-                      frames=written // 2 if first or end is not None else None)
+        try:
+            join_segments(files, output, info, fps=fps, options=encode, first_frame=first,
+                          frames=written // 2 if first or end is not None else None)
+        except BaseException:
+            log.warning("all %d segments are done and kept in %s; once the cause is fixed, the same command with "
+                        "--resume joins them", len(segments), work.path)
+            raise
         work.remove()
     written = sum(done.values())
     return UpscaleResult(

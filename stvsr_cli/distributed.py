@@ -66,8 +66,6 @@ class Ranks:
                 raise
         dist.broadcast_object_list(message, src=0)
         if message[1] is not None:
-            if self.leader:
-                raise StvsrError(message[1])
             raise StvsrError(message[1])
         return message[0]
 

@@ -27,7 +27,6 @@ is in a hidden staging folder inside it, which a resumed run removes.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +40,11 @@ from pathlib import Path
 from typing import IO
 
 from .errors import StvsrError
+
+try:
+    import fcntl  # the work folder's lock; POSIX only
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 log = logging.getLogger("stvsr")
 
@@ -166,7 +170,8 @@ class WorkFolder:
         process of a torchrun launch holds one); a new run that cannot lock
         it exclusively knows a live run has it."""
         self._lock = (self.path / ".lock").open("ab")
-        fcntl.flock(self._lock, fcntl.LOCK_SH)
+        if fcntl is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
 
     def unlock(self) -> None:
         if self._lock is not None:
@@ -196,7 +201,7 @@ class WorkFolder:
 
     def _held_elsewhere(self) -> bool:
         lock = self.path / ".lock"
-        if not lock.exists():
+        if fcntl is None or not lock.exists():
             return False
         with lock.open("ab") as handle:
             try:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from stvsr_cli import MEGAN, PRESETS, save_weights
 from stvsr_cli.cli import main
-from stvsr_cli.encode import EncodeOptions, default_pix_fmt, video_command
+from stvsr_cli.encode import EncodeOptions, default_pix_fmt, double_rate_timecode, video_command
 from stvsr_cli.errors import StvsrError
 from stvsr_cli.segments import frame_range, parse_time, plan_segments
 from conftest import perturb_zero_initialised
@@ -62,6 +62,8 @@ def test_times_and_frame_ranges_read_as_ffmpeg_reads_them():
     assert frame_range(Fraction(30000, 1001), 0) == (0, None)
     with pytest.raises(StvsrError, match="no frame"):
         frame_range(Fraction(25), 1.01, 0.02)  # between frames 25 and 26
+    # A part's timecode starts at its first frame: frame 12 at 25 fps is frame 24 at 50, 10 frames later 44.
+    assert double_rate_timecode("01:00:00:12", Fraction(25), skip=2 * 10) == "01:00:00:44"
     segments = plan_segments(10, None, 31, 8)  # the last one runs to the real end, whatever it is
     assert [(s.first, s.end) for s in segments] == [(10, 18), (18, 26), (26, None)]
     with pytest.raises(StvsrError, match="--start"):

@@ -299,7 +299,8 @@ class _Pipeline:
 
             try:
                 for index, frame in self._drain(frame_queue):
-                    segment = next(s for s in segments if s.wants(index))
+                    segment = current if current is not None and current.wants(index) else \
+                        next(s for s in segments if s.wants(index))
                     if segment is not current:
                         if writer is not None:
                             # Closing flushes the encoder's lookahead: in the background, so the next

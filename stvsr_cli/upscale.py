@@ -26,6 +26,7 @@ it (`check_memory`).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
 import logging
@@ -401,8 +402,11 @@ class _Pipeline:
 
     def _upscale(self, segments: list[Segment], input_queue: queue.Queue, frame_queue: queue.Queue) -> None:
         """Network thread: windows, network and stitch, the wanted output frames in order."""
+        starts = [2 * segment.first for segment in segments]  # segments are in order
+
         def wanted(k: int) -> bool:
-            return any(segment.wants(k) for segment in segments)
+            i = bisect.bisect_right(starts, k) - 1
+            return i >= 0 and segments[i].wants(k)
 
         indices = itertools.chain.from_iterable(
             s.outputs() if s.end is not None else itertools.count(2 * s.first) for s in segments)

@@ -231,7 +231,7 @@ def _network_options(function):
 
 
 @main.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...")
 @click.argument("output")  # a str: a trailing "/" asks for a frame directory
 @_network_options
 @click.option("--scene-threshold", type=click.FloatRange(0, 1), default=DEFAULT_SCENE_THRESHOLD, show_default=True,
@@ -242,34 +242,62 @@ def _network_options(function):
 @click.option("--preset", "encoder_preset", help="Encoder speed preset, e.g. medium, slow.")
 @click.option("--pix-fmt", help="Output pixel format.  [default: yuv420p (yuv420p10le for 10-bit input) where the "
                                 "encoder takes it, a palette per frame for .gif]")
+@click.option("--encoder-opt", "encoder_opts", multiple=True, metavar="KEY=VALUE",
+              help="Pass -KEY VALUE to the video encoder (repeatable), e.g. --encoder-opt tune=film --encoder-opt g=48.")
 @click.option("--no-audio", is_flag=True, help="Drop the audio and subtitle streams.")
+@click.option("--start", metavar="TIME", help="Start this far into INPUT, as ffmpeg's -ss: seconds (90, 1.5) or "
+                                               "[HH:]MM:SS[.ms]. The frames are the whole run's frames.")
+@click.option("--duration", metavar="TIME", help="Upscale this much of INPUT, as ffmpeg's -t. [default: to the end]")
+@click.option("--end", metavar="TIME", help="Stop at this time of INPUT, as ffmpeg's -to (instead of --duration).")
+@click.option("--segment", type=float, default=10.0, show_default=True, metavar="SECONDS",
+              help="Work in segments of this many seconds of INPUT: what an interruption can cost, and what "
+                   "several processes share out.")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run into OUTPUT from its last finished "
+                                             "segment; the other options must be the same as then.")
+@click.option("--format", "format_", metavar="EXT",
+              help="For several inputs: write every output as this container (mp4, mkv...). [default: each input's]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write each input's result (frames, fps, seconds, status, error) to this JSON file.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary; warnings and errors still show.")
-def upscale(input: Path, output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
+def upscale(inputs: tuple[Path, ...], output: str, weights: Path | None, device: str, precision: str, tile: int, batch: int,
             scene_threshold: float, codec: str | None, crf: int | None, encoder_preset: str | None,
-            pix_fmt: str | None, no_audio: bool, overwrite: bool, quiet: bool) -> None:
+            pix_fmt: str | None, encoder_opts: tuple[str, ...], no_audio: bool, start: str | None,
+            duration: str | None, end: str | None, segment: float, resume: bool, format_: str | None,
+            json_path: Path | None, overwrite: bool, quiet: bool) -> None:
     """Upscale INPUT 4x in width and height and 2x in frame rate into OUTPUT.
 
     OUTPUT is a video file or a directory, which receives numbered PNG
     frames. A video's extension picks the container and what goes in it:
     H.264 and the source's audio and subtitles for .mp4, .mkv, .mov and .ts,
     VP9 and Opus for .webm, a GIF without sound for .gif. OUTPUT appears
-    only when the run succeeds.
+    only when the run succeeds; until then the finished segments wait in a
+    hidden folder beside it, and a stopped run continues with --resume.
+
+    Several INPUTs, or folders of videos, go into OUTPUT, an existing
+    folder, each as OUTPUT/<name><ext>; outputs already there are skipped,
+    and a failure does not stop the others. Under torchrun the segments
+    (or the inputs) are shared out between the processes.
 
     \b
     Examples:
       stvsr upscale samples/bbb_128x72.mp4 bbb_x4.mp4
       stvsr upscale in.mkv out.mkv --codec libx265 --crf 20 --device cuda
-      stvsr upscale in.mp4 out.webm
+      stvsr upscale in.mp4 preview.mp4 --start 1:30 --duration 5
+      stvsr upscale film.mkv film_x4.mkv --resume
+      stvsr upscale clips/ more.mov upscaled/ --format mkv --json results.json
+      torchrun --nproc_per_node 4 -m stvsr_cli upscale film.mkv film_x4.mkv
       stvsr upscale in.mp4 frames/
     """
     from rich.console import Console
 
     from .encode import EncodeOptions
     from .progress import FrameProgress
+    from .segments import parse_time
     from .upscale import UpscaleOptions, upscale_video
 
-    encode = {"codec": codec, "preset": encoder_preset, "pix_fmt": pix_fmt, "audio": not no_audio}
+    encode = {"codec": codec, "preset": encoder_preset, "pix_fmt": pix_fmt, "audio": not no_audio,
+              "extra": tuple(_key_value(option) for option in encoder_opts)}
     if crf is not None:
         encode["crf"] = crf
     options = UpscaleOptions(
@@ -281,20 +309,108 @@ def upscale(input: Path, output: str, weights: Path | None, device: str, precisi
         scene_threshold=scene_threshold,
         encode=EncodeOptions(**encode),
         overwrite=overwrite,
+        start=parse_time(start, "--start") if start else 0.0,
+        duration=parse_time(duration, "--duration") if duration else None,
+        end=parse_time(end, "--end") if end else None,
+        segment=segment,
+        resume=resume,
     )
-    console = Console(stderr=True, quiet=quiet)
-    with _warnings_to(Console(stderr=True)), FrameProgress(console) as progress:
-        result = upscale_video(input, output, options, progress=progress.update)
-    if not quiet:
+    from .batch import BatchItem, write_json
+    from .distributed import finish, from_environment
+
+    ranks = from_environment()
+    try:
+        if len(inputs) > 1 or inputs[0].is_dir():
+            _upscale_batch(list(inputs), Path(output), options, format_, json_path, quiet, ranks)
+            return
+        if format_:
+            raise StvsrError("--format is for several inputs; for one, OUTPUT's extension picks the container")
+        console = Console(stderr=True, quiet=quiet or not ranks.leader)
+        try:
+            with _warnings_to(Console(stderr=True)), FrameProgress(console) as progress:
+                result = upscale_video(inputs[0], output, options, progress=progress.update, ranks=ranks)
+        except StvsrError as error:
+            if json_path is not None and ranks.leader:
+                write_json([BatchItem(str(inputs[0]), output, "failed", error=str(error))], json_path)
+            raise
+        if json_path is not None and ranks.leader:
+            write_json([BatchItem.from_result(inputs[0], result)], json_path)
+    finally:
+        finish(ranks)
+    if not quiet and ranks.leader:
         width, height = result.output_size
         cuts = f"; {result.scene_cuts} scene cut{'s' * (result.scene_cuts != 1)}" if result.scene_cuts else ""
         console.print(
             f"Wrote {output}: {result.output_frames} frames of {width}x{height} at {float(result.output_fps):.3g} fps "
             f"from {result.input_frames} at {float(result.input_fps):.3g} fps, in {result.seconds:.1f} s "
-            f"({result.output_frames / result.seconds:.2f} frames a second){cuts}.",
+            f"({result.output_frames / result.seconds:.2f} frames a second){cuts}"
+            + (f"; {result.resumed} of {result.segments} segments were done before --resume" if result.resumed else "")
+            + ".",
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _upscale_batch(paths: list[Path], folder: Path, options, format_: str | None, json_path: Path | None,
+                   quiet: bool, ranks) -> None:
+    """Several inputs into a folder: a progress bar each, a summary table,
+    and a non-zero exit when any input failed."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from .batch import collect_inputs, upscale_batch, write_json
+    from .progress import FrameProgress
+
+    console = Console(stderr=True, quiet=quiet or not ranks.leader)
+    inputs = collect_inputs(paths)
+    bars: list = []
+
+    def progress(input: Path):
+        if bars:
+            bars.pop().__exit__(None, None, None)
+        console.print(f"{input}", highlight=False, soft_wrap=True)
+        bar = FrameProgress(console)
+        bars.append(bar)
+        return bar.__enter__().update
+
+    with _warnings_to(Console(stderr=True)):
+        try:
+            items = upscale_batch(inputs, folder, options, format=format_, ranks=ranks, progress=progress)
+        finally:
+            if bars:
+                bars.pop().__exit__(None, None, None)
+    if not ranks.leader:
+        return
+    if json_path is not None:
+        write_json(items, json_path)
+    if not quiet:
+        # The errors go below the table, whole: in a column they wrap into a tall, narrow block.
+        table = Table(box=box.SIMPLE_HEAD)
+        for column in ("input", "status", "frames", "fps", "seconds"):
+            table.add_column(column, justify="right" if column in ("frames", "fps", "seconds") else "left",
+                             overflow="fold")
+        for item in items:
+            status = "skipped (exists)" if item.status == "skipped" else item.status
+            table.add_row(item.input, status, "" if item.output_frames is None else str(item.output_frames),
+                          "" if item.output_fps is None else f"{item.output_fps:.3g}",
+                          "" if item.seconds is None else f"{item.seconds:.1f}")
+        out = Console()
+        out.print(table)
+        for item in items:
+            if item.status == "failed":
+                out.print(f"{item.input}: {item.error}", highlight=False, soft_wrap=True)
+    failed = [item for item in items if item.status == "failed"]
+    if failed:
+        raise StvsrError(f"{len(failed)} of {len(items)} inputs failed; the first: {failed[0].input}: {failed[0].error}")
+
+
+def _key_value(option: str) -> tuple[str, str]:
+    key, equals, value = option.partition("=")
+    key = key.strip().lstrip("-")
+    if not equals or not key:
+        raise StvsrError(f"--encoder-opt {option!r} is not KEY=VALUE; write e.g. --encoder-opt tune=film")
+    return key, value
 
 
 @main.command()

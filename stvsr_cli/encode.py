@@ -122,6 +122,14 @@ _CRF_MAX = {"libx264": 51.0, "libx264rgb": 51.0, "libx265": 51.0}
 # Encoders whose crf means constrained quality unless the bitrate is 0.
 _CRF_NEEDS_ZERO_BITRATE = {"libvpx", "libvpx-vp9", "libaom-av1"}
 
+# What --crf becomes for encoders that call their constant-quality setting
+# something else, tried in this order among each encoder's own options:
+# NVENC's `cq` (0 to 51, with the bitrate cap lifted, as crf for libvpx).
+# Intel QSV's is the generic `global_quality`, which no encoder lists as its
+# own, hence the name pattern.
+_QUALITY_OPTIONS = ("crf", "cq")
+_QSV = re.compile(r"_qsv$")
+
 _NUMBERED_PNG = re.compile(r"^\d{5,}\.png$")
 
 
@@ -137,7 +145,11 @@ class EncodeOptions:
     value for such an encoder is an error (`check_encoder`). An explicit
     `--crf 18` cannot be told apart from the default and is treated like it.
     `audio=False` drops the audio and subtitles; a container that can hold
-    no audio (GIF) drops them too, with a warning.
+    no audio (GIF) drops them too, with a warning. `crf` reaches an encoder
+    under its own name for constant quality (NVENC: `-cq`). `extra` options
+    go to the video encoder after stvsr's own, so they win; each must be an
+    option of that encoder or of every encoder (`-g`, `-bf`), which
+    `check_encoder` checks, and `try_encoder` tries its value.
     """
 
     codec: str | None = None
@@ -145,6 +157,7 @@ class EncodeOptions:
     preset: str | None = None
     pix_fmt: str | None = None
     audio: bool = True
+    extra: tuple[tuple[str, str], ...] = ()  # --encoder-opt KEY=VALUE, passed on as -KEY VALUE
 
 
 # ---------------------------------------------------------------- checks
@@ -213,11 +226,17 @@ def check_encoder(options: EncodeOptions, output: Path | str) -> None:
     if options.preset is not None and "preset" not in help_.options:
         raise StvsrError(f"{name} has no presets; leave out --preset")
     if options.crf is not None:
-        if "crf" not in help_.options:
+        if help_.quality is None:
             if options.crf != DEFAULT_CRF:
                 raise StvsrError(f"{name} has no crf setting; leave out --crf or use libx264, libx265 or libvpx-vp9")
-        elif not 0 <= options.crf <= help_.crf_max:
-            raise StvsrError(f"--crf {options.crf} is out of range for {name}; use 0 to {help_.crf_max:g}")
+        elif not help_.crf_min <= options.crf <= help_.crf_max:
+            raise StvsrError(f"--crf {options.crf} is out of range for {name} (its -{help_.quality}); "
+                             f"use {help_.crf_min:g} to {help_.crf_max:g}")
+    generic = _generic_video_options()
+    for key, _ in options.extra:
+        if key not in help_.options and key not in generic:
+            raise StvsrError(f"--encoder-opt {key}=...: {name} has no option {key!r}; "
+                             f"`ffmpeg -h encoder={name}` lists its options")
 
 
 def remove_leftovers(output: Path | str) -> None:
@@ -312,6 +331,8 @@ def _encoders() -> dict[str, tuple[str, str]]:
 class _EncoderHelp:
     pix_fmts: tuple[str, ...]
     options: frozenset[str]
+    quality: str | None  # the option --crf becomes (`_QUALITY_OPTIONS`), None when there is none
+    crf_min: float
     crf_max: float
 
 
@@ -323,11 +344,26 @@ def _encoder_help(name: str) -> _EncoderHelp:
     ).stdout
     pix_fmts = re.search(r"Supported pixel formats:(.*)", text)
     options = dict(re.findall(r"^  -(\S+)\s+<\w+>\s+(.*)$", text, flags=re.MULTILINE))
-    crf_max = _CRF_MAX.get(name, float("inf"))
-    upper = re.search(r"to (\d+(?:\.\d+)?)\)", options.get("crf", ""))
-    if name not in _CRF_MAX and upper:
-        crf_max = float(upper.group(1))
-    return _EncoderHelp(tuple(pix_fmts.group(1).split()) if pix_fmts else (), frozenset(options), crf_max)
+    quality = next((option for option in _QUALITY_OPTIONS if option in options), None)
+    if quality is None and _QSV.search(name):
+        quality = "global_quality"
+    crf_min, crf_max = 0.0, _CRF_MAX.get(name, float("inf"))
+    bounds = re.search(r"\(from (-?\d+(?:\.\d+)?) to (\d+(?:\.\d+)?)\)", options.get(quality or "", ""))
+    if name not in _CRF_MAX and bounds:
+        crf_max = float(bounds.group(2))
+    if quality == "global_quality":
+        crf_min, crf_max = 1.0, 51.0  # QSV's ICQ range; the generic option states no bounds
+    return _EncoderHelp(tuple(pix_fmts.group(1).split()) if pix_fmts else (), frozenset(options), quality,
+                        crf_min, crf_max)
+
+
+@functools.cache
+def _generic_video_options() -> frozenset[str]:
+    """Options every video encoder takes (AVCodecContext's: -g, -bf, -maxrate
+    ...), from `ffmpeg -h full`; `-KEY VALUE` reaches any encoder with them."""
+    text = subprocess.run([ffmpeg_exe(), "-hide_banner", "-h", "full"], capture_output=True, text=True).stdout
+    section = text.split("AVCodecContext AVOptions:", 1)[-1].split("\n\n", 1)[0]
+    return frozenset(re.findall(r"^  -(\S+)\s+<\w+>\s+E..V", section, flags=re.MULTILINE))
 
 
 @functools.cache
@@ -363,13 +399,33 @@ def default_encoder(muxer: str) -> str:
 
 def default_pix_fmt(encoder: str, bit_depth: int) -> str:
     """The pixel format an encoder gets when --pix-fmt is not given: 10-bit
-    4:2:0 for a source of more than 8 bits, else 8-bit 4:2:0, else a
+    4:2:0 for a source of more than 8 bits (yuv420p10le, or the encoder's
+    own layout of it: NVENC and QSV take p010le), else 8-bit 4:2:0, else a
     palette (GIF), else the encoder's own first choice."""
     taken = _encoder_help(encoder).pix_fmts
     preferred = (*(_DEEP_PIX_FMTS if bit_depth > 8 else ()), *_PIX_FMTS)
     if not taken:
         return preferred[0]
+    if bit_depth > 8 and not any(pix_fmt in taken for pix_fmt in _DEEP_PIX_FMTS):
+        deep = [pix_fmt for pix_fmt in taken if _is_deep_420(pix_fmt)]
+        if deep:
+            return min(deep, key=lambda pix_fmt: _bits(pix_fmt))  # 10 bits before 12 or 16
     return next((pix_fmt for pix_fmt in preferred if pix_fmt in taken), taken[0])
+
+
+def _bits(pix_fmt: str) -> int:
+    return max(component.bits for component in av.VideoFormat(pix_fmt).components)
+
+
+def _is_deep_420(pix_fmt: str) -> bool:
+    """A YUV 4:2:0 format of more than 8 bits, in system memory (not 'cuda')."""
+    try:
+        fmt = av.VideoFormat(pix_fmt, 64, 64)
+    except ValueError:
+        return False
+    components = fmt.components
+    return (len(components) == 3 and not fmt.is_rgb and _bits(pix_fmt) > 8
+            and components[1].width == 32 and components[1].height == 32)
 
 
 def list_encoders() -> list[tuple[str, str, str]]:
@@ -402,7 +458,7 @@ def resolve_options(options: EncodeOptions, output: Path | str, bit_depth: int) 
         if bit_depth > 8 and max(c.bits for c in av.VideoFormat(pix_fmt).components) <= 8:
             log.warning("%s cannot encode more than 8 bits; writing 8-bit %s", options.codec, pix_fmt)
         options = replace(options, pix_fmt=pix_fmt)
-    if options.crf is not None and "crf" not in help_.options:
+    if options.crf is not None and help_.quality is None:
         log.info("%s has no crf setting; using its default rate control", options.codec)
         options = replace(options, crf=None)
     return options
@@ -435,32 +491,90 @@ def _video_options(source: VideoInfo, muxer: str, options: EncodeOptions) -> lis
     command = ["-fps_mode", "passthrough"]  # every frame written is a frame in the video, no more
     command += ["-vf", _colour_filter(source, pix_fmt), "-c:v", codec, "-pix_fmt", pix_fmt]
     if options.crf is not None:
-        command += ["-crf", str(options.crf)]
-        if codec in _CRF_NEEDS_ZERO_BITRATE:
+        quality = _encoder_help(codec).quality or "crf"
+        command += [f"-{quality}", str(options.crf)]
+        if codec in _CRF_NEEDS_ZERO_BITRATE or quality == "cq":
             command += ["-b:v", "0"]
     if options.preset is not None:
         command += ["-preset", options.preset]
+    for key, value in options.extra:
+        command += [f"-{key}", value]
     if muxer in _MOOV_MUXERS:
         command += ["-movflags", "+faststart"]
     return command
 
 
-def frames_command(pattern: Path, source: VideoInfo, *, width: int, height: int, fps: Fraction) -> list[str]:
+def segment_command(target: Path, source: VideoInfo, *, width: int, height: int, fps: Fraction,
+                    options: EncodeOptions) -> list[str]:
+    """The ffmpeg command line that encodes raw frames on stdin into one
+    segment of a run: the video stream alone, starting at time 0, with the
+    colour tags and display rotation. `join_command` later puts the
+    segments end to end and adds the source's other streams. `options` as
+    for `video_command`."""
+    command = [*_pipe_input(source, width, height, fps, offset=False), "-map", "0:v"]
+    return [*command, *_video_options(source, _muxer_for(target), options), str(target)]
+
+
+def join_command(segments: Path, target: Path, source: VideoInfo, *, fps: Fraction, audio: bool,
+                 first_frame: int = 0, frames: int | None = None) -> list[str]:
+    """The ffmpeg command line that joins encoded segments, listed in the
+    concat demuxer's file `segments`, into `target` without re-encoding them
+    (`-c copy`: the frames are exactly the segments' frames), and carries
+    over the source's audio, subtitles, metadata and timecode, as
+    `video_command` does in one pass.
+
+    `first_frame` and `frames` say which part of the source the video shows,
+    in source frames at the source's rate (`fps` is the output's, twice
+    that): for a part, the other streams are cut to the same times (the
+    source input's -ss and -t; copied audio starts at the first packet
+    from there, within a packet's length, about 20 ms), and the timecode
+    starts at the part's first frame.
+    """
+    muxer = _muxer_for(target)
+    source_fps = fps / 2
+    command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
+    cut = first_frame > 0 or frames is not None
+    if source.start_time and not cut:
+        command += ["-itsoffset", f"{source.start_time:.6f}"]  # as `_pipe_input` does in one pass
+    command += ["-f", "concat", "-safe", "0", "-i", str(segments)]
+    if cut:
+        # -ss counts from the source's earliest stream, the video's first frame from its own start.
+        command += ["-ss", f"{float(source.start_time + first_frame / source_fps):.6f}"]
+        if frames is not None:
+            command += ["-t", f"{float(frames / source_fps):.6f}"]
+    command += ["-i", str(source.path), "-map", "0:v", "-c:v", "copy"]
+    if audio:
+        command += _source_streams(source, muxer)
+    if cut:
+        # Stream copy keeps the packets before the cut, at negative times, unless told not to.
+        command += ["-copypriorss", "0"]
+    command += ["-map_metadata", "1"]
+    if source.timecode and muxer in _TIMECODE_MUXERS:
+        timecode = double_rate_timecode(source.timecode, source.fps, skip=2 * first_frame)
+        command += ["-metadata:s:v:0", f"timecode={timecode}"]
+    if muxer in _MOOV_MUXERS:
+        command += ["-movflags", "+faststart"]
+    return [*command, str(target)]
+
+
+def frames_command(pattern: Path, source: VideoInfo, *, width: int, height: int, fps: Fraction,
+                   start_number: int = 0) -> list[str]:
     """The ffmpeg command line that writes raw frames on stdin as numbered
     PNGs; `pattern` is like 'dir/%05d.png', where only the file name may
     hold a '%' pattern: any '%' in the folders is escaped as '%%'. 16-bit
-    frames give 16-bit PNGs."""
+    frames give 16-bit PNGs. The first frame gets `start_number`."""
     pix_fmt = "rgb48be" if source.bit_depth > 8 else "rgb24"
     escaped = os.path.join(os.fspath(pattern.parent).replace("%", "%%"), pattern.name)
     return [
         *_pipe_input(source, width, height, fps, video=False),
-        "-map", "0:v", "-c:v", "png", "-pix_fmt", pix_fmt, "-f", "image2", "-start_number", "0", escaped,
+        "-map", "0:v", "-c:v", "png", "-pix_fmt", pix_fmt, "-f", "image2", "-start_number", str(start_number), escaped,
     ]
 
 
-def double_rate_timecode(timecode: str, fps: Fraction) -> str:
+def double_rate_timecode(timecode: str, fps: Fraction, skip: int = 0) -> str:
     """The timecode `timecode` (at `fps`) names, written at twice the rate:
-    the same instant, twice the frame number. Drop-frame timecodes
+    the same instant, twice the frame number, plus `skip` frames at the new
+    rate (an output that starts later in the source). Drop-frame timecodes
     ('01:00:00;12', at 29.97 or 59.94 fps) stay drop-frame."""
     match = re.fullmatch(r"(\d+):(\d+):(\d+)([:;.])(\d+)", timecode.strip())
     if match is None:
@@ -469,7 +583,7 @@ def double_rate_timecode(timecode: str, fps: Fraction) -> str:
     drop = separator in ";."
     rate = round(fps)
     number = _timecode_frames(int(hours), int(minutes), int(seconds), int(frames), rate, drop)
-    return _timecode_text(2 * number, 2 * rate, drop, separator)
+    return _timecode_text(2 * number + skip, 2 * rate, drop, separator)
 
 
 def _drop_per_minute(rate: int) -> int:
@@ -498,7 +612,8 @@ def _timecode_text(number: int, rate: int, drop: bool, separator: str) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}{separator}{frames:0{max(2, digits)}d}"
 
 
-def _pipe_input(source: VideoInfo, width: int, height: int, fps: Fraction, video: bool = True) -> list[str]:
+def _pipe_input(source: VideoInfo, width: int, height: int, fps: Fraction, video: bool = True,
+                offset: bool = True) -> list[str]:
     """ffmpeg's global options and the raw-frame input on stdin.
 
     `-framerate` (the rawvideo demuxer's rate), not `-r`: an input `-r`
@@ -508,12 +623,13 @@ def _pipe_input(source: VideoInfo, width: int, height: int, fps: Fraction, video
     that its earliest stream starts at zero; PNG frames must not get it, as
     the image2 muxer would fill the gap with copies of the first frame.
     `-display_rotation` needs `-noautorotate`, or ffmpeg would turn the
-    pixels instead of tagging them.
+    pixels instead of tagging them. `offset=False` leaves the offset out
+    (a segment, whose join applies it).
     """
     command = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
     command += ["-f", "rawvideo", "-pixel_format", "rgb48le" if source.bit_depth > 8 else "rgb24"]
     command += ["-video_size", f"{width}x{height}", "-framerate", f"{fps.numerator}/{fps.denominator}"]
-    if video and source.start_time:
+    if video and offset and source.start_time:
         command += ["-itsoffset", f"{source.start_time:.6f}"]
     if video and source.rotation:
         command += ["-display_rotation", str(source.rotation), "-noautorotate"]
@@ -826,6 +942,89 @@ def open_writer(
         shutil.rmtree(staging)
         raise
     return FrameWriter(command, output, staging, functools.partial(os.replace, target, output), **size)
+
+
+def segment_suffix(output: Path | str, options: EncodeOptions) -> str:
+    """The file type a run's segments are encoded into: MP4 for every codec
+    it holds, since its timestamps are exact at any rate and the concat
+    demuxer joins MP4 files frame-exactly (Matroska's millisecond clock
+    would leave 59.94 fps frames unevenly spaced); else OUTPUT's own type.
+    '' for PNG frames: a segment is then a folder."""
+    if is_frame_directory(output):
+        return ""
+    codec = _encoders()[options.codec or default_encoder(_muxer_for(Path(output)))][1]
+    return ".mp4" if _muxer_holds("mp4", codec) else Path(output).suffix
+
+
+def open_segment_writer(
+    target: Path, source: VideoInfo, *, width: int, height: int, fps: Fraction, options: EncodeOptions,
+    first_number: int = 0,
+) -> FrameWriter:
+    """Start ffmpeg for one segment of a run: `target` is a video file
+    (`segment_command`, options resolved by the caller) or, without a suffix,
+    a folder of PNG frames numbered from `first_number`. As with
+    `open_writer`, the segment appears at `target` only when `close()`
+    succeeds, so a segment file that exists is complete."""
+    size = {"width": width, "height": height, "dtype": np.uint16 if source.bit_depth > 8 else np.uint8}
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), dir=target.parent))
+    if not target.suffix:
+        folder = staging / "frames"
+        folder.mkdir()
+        command = frames_command(folder / "%05d.png", source, width=width, height=height, fps=fps,
+                                 start_number=first_number)
+        return FrameWriter(command, target, staging, functools.partial(os.rename, folder, target), **size)
+    partial = staging / target.name
+    command = segment_command(partial, source, width=width, height=height, fps=fps, options=options)
+    return FrameWriter(command, target, staging, functools.partial(os.replace, partial, target), **size)
+
+
+def join_segments(
+    segments: list[Path], output: Path | str, source: VideoInfo, *, fps: Fraction, options: EncodeOptions,
+    first_frame: int = 0, frames: int | None = None,
+) -> None:
+    """Put finished segments end to end into `output`, as one video with the
+    source's other streams (`join_command`), or as one folder of PNG frames;
+    through a staging folder as `open_writer` does, so `output` appears
+    complete or not at all. (`say_what_is_lost` is for the start of the run.)"""
+    frames_out = is_frame_directory(output)
+    output = Path(output)
+    home = output if frames_out and output.is_dir() else output.parent
+    staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(output), dir=home))
+    lock = _lock_staging(staging)
+    try:
+        if frames_out:
+            folder = staging / "frames"
+            folder.mkdir()
+            for segment in segments:
+                for png in sorted(segment.iterdir()):
+                    os.replace(png, folder / png.name)
+            _move_frames(folder, output)
+            return
+        listing = staging / "segments.txt"
+        # The concat demuxer's quoting: inside '...', a ' is written '\''.
+        listing.write_text("".join("file '%s'\n" % str(p.resolve()).replace("'", "'\\''") for p in segments))
+        target = staging / output.name
+        command = join_command(listing, target, source, fps=fps, audio=options.audio,
+                               first_frame=first_frame, frames=frames)
+        log.debug("running %s", shlex.join(command))
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True)
+        if result.returncode != 0:
+            stderr = result.stderr.decode(errors="replace")
+            log.debug("ffmpeg exited with %s:\n%s", result.returncode, stderr)
+            reason = _ffmpeg_reason(stderr) or f"it stopped with exit status {result.returncode}"
+            raise StvsrError(f"ffmpeg could not join the segments into {output}: {reason}{_hint(reason)}")
+        os.replace(target, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if lock is not None:
+            lock.close()
+
+
+def say_what_is_lost(source: VideoInfo, output: Path | str, fps: Fraction) -> None:
+    """One warning for each thing of the source that `output` will not have
+    (`open_writer` says it itself)."""
+    frames = is_frame_directory(output)
+    _warn_what_is_lost(source, Path(output), None if frames else _muxer_for(Path(output)), fps)
 
 
 def _warn_what_is_lost(source: VideoInfo, output: Path, muxer: str | None, fps: Fraction) -> None:

@@ -18,10 +18,11 @@ when they are the untrained placeholder), device, precision, tiles, batch.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -42,6 +43,7 @@ def upscale_frames(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     batch: int = 1,
+    wanted: Callable[[int], bool] | None = None,
 ) -> Iterator[Tensor]:
     """Upscale a stream of `(frame, cut)` pairs: N frames give 2N frames.
 
@@ -50,6 +52,14 @@ def upscale_frames(
     float frames in [0, 1] on the upscaler's device, output k showing time
     k / 2 in input frames (the last one repeats the one before it; the rule
     is in `windows.py`). `tile`, `overlap` and `batch` are `upscale_tiled`'s.
+
+    `wanted(k)` picks the outputs to yield (all when None): a segment of a
+    longer run. Every frame is still planned, so each window is the one the
+    whole run has, and a batch of windows runs whole, exactly as in the
+    whole run, whenever one of its windows can feed a wanted output; other
+    batches skip the network. The wanted frames therefore equal those of the
+    whole run bit for bit, at the cost of planning (not upscaling) the
+    frames before them.
     """
     planner: WindowPlanner[Tensor] = WindowPlanner(upscaler.input_frames)
     # A push plans at most one window (at a cut, the one that ends the old
@@ -57,25 +67,27 @@ def upscale_frames(
     # and at most the last window before them (a blend of two neighbours).
     stitcher = Stitcher(keep=batch + 1)
     pending: list[Window[Tensor] | Emit] = []
+    index = itertools.count()  # output index of the next emit
+    wanted = wanted or (lambda _: True)
     for frame, cut in frames:
         pending += planner.push(frame, cut=cut)
         if sum(isinstance(item, Window) for item in pending) >= batch:
-            yield from _run(pending, stitcher, upscaler, tile, overlap, batch)
+            yield from _run(pending, stitcher, upscaler, tile, overlap, batch, index, wanted)
             pending = []
-    yield from _run(pending + planner.finish(), stitcher, upscaler, tile, overlap, batch)
+    yield from _run(pending + planner.finish(), stitcher, upscaler, tile, overlap, batch, index, wanted)
 
 
 def _run(items: list[Window[Tensor] | Emit], stitcher: Stitcher, upscaler: Upscaler,
-         tile: int, overlap: int, batch: int) -> Iterator[Tensor]:
+         tile: int, overlap: int, batch: int, index: Iterator[int], wanted: Callable[[int], bool]) -> Iterator[Tensor]:
     """Run a batch's windows through the network, then emit its frames."""
     windows = [item for item in items if isinstance(item, Window)]
-    if windows:
+    if windows and any(wanted(k) for window in windows for k in window.outputs):
         frames = torch.stack([torch.stack(window.frames) for window in windows])  # (B, n+1, 3, H, W)
         outputs = upscale_tiled(upscaler, frames, scale=upscaler.scale, tile=tile, overlap=overlap, batch=batch)
         for window, output in zip(windows, outputs):  # (2n+1, 3, scale*H, scale*W) float in [0, 1]
             stitcher.add(window.key, output)
     for item in items:
-        if isinstance(item, Emit):
+        if isinstance(item, Emit) and wanted(next(index)):
             yield stitcher.emit(item)
 
 

@@ -26,7 +26,10 @@ it (`check_memory`).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import itertools
+import logging
 import os
 import queue
 import threading
@@ -40,22 +43,39 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import __version__
 from .decode import VideoInfo, decode, probe
+from .distributed import Ranks
 from .encode import (
     EncodeOptions,
+    FrameWriter,
     check_encoder,
     check_output,
     is_frame_directory,
-    open_writer,
+    join_segments,
+    open_segment_writer,
     remove_leftovers,
     resolve_options,
+    say_what_is_lost,
+    segment_suffix,
     try_encoder,
 )
 from .errors import StvsrError
+from .segments import (
+    DEFAULT_SEGMENT_SECONDS,
+    Segment,
+    WorkFolder,
+    describe,
+    file_facts,
+    frame_range,
+    plan_segments,
+)
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
+
+log = logging.getLogger("stvsr")
 
 _QUEUE_WINDOWS = 4  # batches of windows the decoder may run ahead (a window needs 2 new frames)
 _QUEUE_FRAMES = 16  # finished frames waiting for the encoder, at most
@@ -84,6 +104,11 @@ class UpscaleOptions:
     scene_threshold: float = DEFAULT_SCENE_THRESHOLD  # 0 turns scene-cut detection off
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     overwrite: bool = False
+    start: float = 0.0  # seconds into the source, as ffmpeg's -ss
+    duration: float | None = None  # seconds from start, as ffmpeg's -t; None: to the end
+    end: float | None = None  # or where to stop, as ffmpeg's -to
+    segment: float = DEFAULT_SEGMENT_SECONDS  # seconds of source a segment (the unit of --resume)
+    resume: bool = False  # continue the unfinished run into the same output
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,8 @@ class UpscaleResult:
     output_fps: Fraction
     scene_cuts: int
     seconds: float
+    segments: int = 1
+    resumed: int = 0  # segments an earlier run had finished
 
 
 # progress(frames written, total frames expected or None)
@@ -110,6 +137,7 @@ def upscale_video(
     progress: Progress | None = None,
     *,
     upscaler: Upscaler | None = None,
+    ranks: Ranks = Ranks(),
 ) -> UpscaleResult:
     """Upscale `input` 4x in space and 2x in time into `output`.
 
@@ -118,6 +146,12 @@ def upscale_video(
     anything the user can fix; leaves no partial output on any failure.
     `upscaler`, an already loaded network, replaces options.weights, device
     and precision (`stvsr bench` times several runs of one network).
+
+    The work is done in segments (`segments.py`), kept in a work folder
+    beside `output` until the end, so a run stopped by anything can be
+    continued with `resume=True`. `ranks`, the processes of a torchrun
+    launch, share the segments out; rank 0 joins them. Every process
+    returns the same figures, but only rank 0 writes `output`.
     """
     started = time.perf_counter()
     input = Path(input)
@@ -126,9 +160,13 @@ def upscale_video(
     check_output(input, output, overwrite=options.overwrite)
     check_encoder(options.encode, output)
     check_run_options(options.tile, options.tile_overlap, options.batch)
-    remove_leftovers(output)
+    if options.segment <= 0:
+        raise StvsrError(f"--segment must be more than 0 seconds (got {options.segment:g})")
+    first, end = frame_range(info.fps, options.start, options.duration, options.end)
+    if ranks.leader:
+        remove_leftovers(output)
     if upscaler is None:
-        upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
+        upscaler = load_upscaler(options.weights, device=ranks.device(options.device), precision=options.precision)
 
     scale = upscaler.scale
     size = (info.width * scale, info.height * scale)
@@ -138,15 +176,76 @@ def upscale_video(
     # Resolved once here, so that what resolving says (8 bits for a deeper source) is said once.
     encode = options.encode if frames else resolve_options(options.encode, output, info.bit_depth)
     try_encoder(output, info, width=size[0], height=size[1], fps=fps, options=encode)
-    total = 2 * info.frame_count if info.frame_count else None
+
+    # A GIF's frames cannot be joined without re-encoding: one segment.
+    one = not frames and Path(output).suffix.lower() == ".gif"
+    length = 1 << 62 if one else max(1, round(options.segment * info.fps))
+    segments = plan_segments(first, end, info.frame_count, length)
+    work = WorkFolder(output)
+    facts = {
+        "stvsr": __version__, "input": file_facts(input), "output": Path(output).name,
+        "weights": file_facts(options.weights), "network": f"{upscaler.device.type} {upscaler.dtype}",
+        "options": describe(dataclasses.replace(options, overwrite=False, resume=False, device="", precision="",
+                                                weights=None, encode=encode)),
+        "frames": [first, end], "segment_frames": length,
+    }
+    todo = ranks.share(lambda: work.prepare(facts, segments, options.resume))
+    if ranks.leader:
+        say_what_is_lost(info, output, fps)
+    mine = [segments[i] for i in ranks.split(todo)]
+    suffix = segment_suffix(output, encode)
     pipeline = _Pipeline(info, upscaler, options)
-    if progress:
-        progress(0, total)
-    with open_writer(output, info, width=size[0], height=size[1], fps=fps, options=encode) as writer:
-        written = pipeline.run(writer.write, lambda done: progress and progress(done, total))
+    error = None
+    work.lock()
+    try:
+        def open_segment(segment: Segment) -> FrameWriter:
+            return open_segment_writer(work.segment_path(segment.index, suffix), info, width=size[0],
+                                       height=size[1], fps=fps, options=encode,
+                                       first_number=2 * (segment.first - first))
+
+        total = sum(2 * (s.end - s.first) if s.end is not None else
+                    (2 * (info.frame_count - s.first) if info.frame_count else 0) for s in mine) or None
+        if progress:
+            progress(0, total)
+        pipeline.run(mine, open_segment, work.record, lambda done: progress and progress(done, total))
+    except StvsrError as failure:
+        error = str(failure)
+        raise
+    except BaseException as failure:
+        error = f"{type(failure).__name__}: {failure}"
+        raise
+    finally:
+        # Every process says how its share went; a failure anywhere stops the join.
+        if ranks.world > 1:
+            failures = [(rank, e) for rank, e in enumerate(ranks.gather(error)) if e is not None]
+        else:
+            failures = []
+        work.unlock()
+        done = work.finished() if work.path.exists() else {}
+        if (error is not None or failures) and ranks.leader:
+            if not done:  # nothing to resume: leave nothing behind
+                work.remove()
+            elif len(done) < len(segments):
+                log.warning("%d of %d segments are done and kept in %s; run the same command with --resume to "
+                            "continue", len(done), len(segments), work.path)
+    if failures:
+        rank, message = failures[0]
+        raise StvsrError(f"process {rank} of {ranks.world} failed: {message}")
+    if ranks.leader:
+        files = [work.segment_path(s.index, suffix) for s in segments if done.get(s.index)]
+        written = sum(done.values())
+        try:
+            join_segments(files, output, info, fps=fps, options=encode, first_frame=first,
+                          frames=written // 2 if first or end is not None else None)
+        except BaseException:
+            log.warning("all %d segments are done and kept in %s; once the cause is fixed, the same command with "
+                        "--resume joins them", len(segments), work.path)
+            raise
+        work.remove()
+    written = sum(done.values())
     return UpscaleResult(
         output=Path(output),
-        input_frames=pipeline.input_frames,
+        input_frames=written // 2,
         output_frames=written,
         input_size=(info.width, info.height),
         output_size=size,
@@ -154,6 +253,8 @@ def upscale_video(
         output_fps=fps,
         scene_cuts=pipeline.scene_cuts,
         seconds=time.perf_counter() - started,
+        segments=len(segments),
+        resumed=len(segments) - len(todo),
     )
 
 
@@ -169,18 +270,63 @@ class _Pipeline:
         self.input_frames = 0
         self.scene_cuts = 0
         self._stop = threading.Event()
+        self._enough = threading.Event()  # every wanted frame is made: the decoder stops early
         self._errors: list[BaseException] = []
 
-    def run(self, write: Callable[[np.ndarray], None], on_frame: Callable[[int], None]) -> int:
+    def run(self, segments: list[Segment], open_segment: Callable[[Segment], FrameWriter],
+            record: Callable[[int, int], None], on_frame: Callable[[int], None]) -> int:
+        """Make the output frames of `segments`, each into its own writer
+        (`open_segment`, opened at its first frame, so a segment past the
+        end of the video has none); `record(index, frames)` once each is
+        closed. Frames of other segments are planned, not upscaled."""
+        if not segments:
+            return 0
         input_queue: queue.Queue = queue.Queue(maxsize=_input_queue_frames(self.options.batch))
         frame_queue: queue.Queue = queue.Queue(maxsize=_output_queue_frames(self.info, self.upscaler.scale))
         written = [0]
+        self._input = input_queue
+        self._first = segments[0].first
+        self._last = segments[-1].end  # the decoder needs no frame past a few after this
 
         def encode() -> None:
-            for frame in self._drain(frame_queue):
-                write(frame)
-                written[0] += 1
-                on_frame(written[0])
+            writer, current, count = None, None, 0
+            finished: dict[int, int] = {}
+            closing: list[threading.Thread] = []
+
+            def close(writer: FrameWriter, segment: Segment, count: int) -> None:
+                writer.close()
+                record(segment.index, count)
+                finished[segment.index] = count
+
+            try:
+                for index, frame in self._drain(frame_queue):
+                    segment = current if current is not None and current.wants(index) else \
+                        next(s for s in segments if s.wants(index))
+                    if segment is not current:
+                        if writer is not None:
+                            # Closing flushes the encoder's lookahead: in the background, so the next
+                            # segment's frames keep flowing and the network never waits on it.
+                            closing.append(threading.Thread(target=self._guard, args=(close, writer, current, count),
+                                                            name="stvsr-close", daemon=True))
+                            closing[-1].start()
+                        writer, current, count = open_segment(segment), segment, 0
+                    writer.write(frame)
+                    count += 1
+                    written[0] += 1
+                    on_frame(written[0])
+                if writer is not None:
+                    writer, last = None, writer
+                    close(last, current, count)
+            finally:
+                if writer is not None:
+                    writer.abort()
+                for thread in closing:
+                    thread.join()
+            if self._errors or self._stop.is_set():
+                return
+            for segment in segments:  # past the end of the video
+                if segment.index not in finished:
+                    record(segment.index, 0)
 
         threads = [
             threading.Thread(target=self._guard, args=(self._decode, input_queue), name="stvsr-decode", daemon=True),
@@ -189,11 +335,13 @@ class _Pipeline:
         for thread in threads:
             thread.start()
         try:
-            self._guard(self._upscale, input_queue, frame_queue)
+            self._guard(self._upscale, segments, input_queue, frame_queue)
             for thread in threads:
                 thread.join()
         except BaseException:  # Ctrl-C while joining: still stop the other stages
             self._stop.set()
+            for thread in threads:  # the encoder thread aborts its segment's ffmpeg within 0.1 s
+                thread.join(timeout=10)
             raise
         if self._errors:
             raise self._errors[0]
@@ -203,13 +351,16 @@ class _Pipeline:
         """Run a stage; on failure record it and stop the others."""
         try:
             stage(*args)
+        except _Stopped:
+            if not self._enough.is_set():
+                self._stop.set()
         except BaseException as error:
             if not self._stop.is_set():
                 self._errors.append(error)
             self._stop.set()
 
     def _put(self, target: queue.Queue, item: object) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and not (target is self._input and self._enough.is_set()):
             try:
                 target.put(item, timeout=0.1)
                 return
@@ -233,23 +384,40 @@ class _Pipeline:
         """Decode thread: frames -> (C, H, W) tensors, each with its scene-cut flag."""
         threshold = self.options.scene_threshold
         previous = None
-        for array in decode(self.info):
-            frame = torch.from_numpy(array).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-            if self.high_bit_depth:  # uint16 has few torch kernels: go to float at once
-                frame = frame.to(torch.int32).float().div_(65535)
-            cut = previous is not None and threshold > 0 and scene_change(previous, frame) > threshold
-            self.scene_cuts += cut
-            self._put(input_queue, (frame, cut))
-            previous = frame
-            self.input_frames += 1
+        frames = decode(self.info)
+        try:
+            for index, array in enumerate(frames):
+                frame = torch.from_numpy(array).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+                if self.high_bit_depth:  # uint16 has few torch kernels: go to float at once
+                    frame = frame.to(torch.int32).float().div_(65535)
+                cut = previous is not None and threshold > 0 and scene_change(previous, frame) > threshold
+                if index >= self._first and (self._last is None or index < self._last):
+                    self.scene_cuts += cut
+                    self.input_frames += 1
+                self._put(input_queue, (frame, cut))
+                previous = frame
+        finally:
+            frames.close()
         self._put(input_queue, _DONE)
 
-    def _upscale(self, input_queue: queue.Queue, frame_queue: queue.Queue) -> None:
-        """Network thread: windows, network and stitch, output frames in order."""
+    def _upscale(self, segments: list[Segment], input_queue: queue.Queue, frame_queue: queue.Queue) -> None:
+        """Network thread: windows, network and stitch, the wanted output frames in order."""
+        starts = [2 * segment.first for segment in segments]  # segments are in order
+
+        def wanted(k: int) -> bool:
+            i = bisect.bisect_right(starts, k) - 1
+            return i >= 0 and segments[i].wants(k)
+
+        indices = itertools.chain.from_iterable(
+            s.outputs() if s.end is not None else itertools.count(2 * s.first) for s in segments)
+        last = 2 * segments[-1].end - 1 if segments[-1].end is not None else None
         frames = upscale_frames(self._drain(input_queue), self.upscaler, tile=self.options.tile,
-                                overlap=self.options.tile_overlap, batch=self.options.batch)
-        for frame in frames:
-            self._put(frame_queue, self._to_array(frame))
+                                overlap=self.options.tile_overlap, batch=self.options.batch, wanted=wanted)
+        for index, frame in zip(indices, frames):
+            self._put(frame_queue, (index, self._to_array(frame)))
+            if index == last:
+                self._enough.set()  # the decoder may stop: nothing after this is wanted
+                break
         self._put(frame_queue, _DONE)
 
     def _to_array(self, frame: Tensor) -> np.ndarray:

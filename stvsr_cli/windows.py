@@ -49,10 +49,14 @@ Frame = TypeVar("Frame")
 @dataclass(frozen=True)
 class Window(Generic[Frame]):
     """A window to run through the network: `frames` are the n + 1 LR frames
-    (edge frames repeated where a shot is short)."""
+    (edge frames repeated where a shot is short). `outputs` holds every
+    output index (counted over the whole stream) that can take a frame from
+    it, and perhaps a few more: a run that wants only some outputs (a
+    segment) skips the windows that cannot feed them."""
 
     key: int
     frames: tuple[Frame, ...]
+    outputs: range = range(0)
 
 
 @dataclass(frozen=True)
@@ -82,9 +86,11 @@ class WindowPlanner(Generic[Frame]):
         # lies inside one; 2 windows a pair of frames for MEGAN's 4.
         self.stride = 2 if input_frames >= 3 else 1
         self._keys = itertools.count()
+        self._pushed = 0  # frames pushed so far, all shots
         self._start_shot()
 
     def _start_shot(self) -> None:
+        self._offset = self._pushed  # index in the stream of this shot's first frame
         self._frames: dict[int, Frame] = {}  # shot index -> frame, only the ones a future window needs
         self._length = 0  # frames of this shot seen so far
         self._windows: list[tuple[int, float]] = []  # (key, time of slot 0) of this shot's windows
@@ -97,6 +103,7 @@ class WindowPlanner(Generic[Frame]):
         index = self._length
         self._frames[index] = frame
         self._length += 1
+        self._pushed += 1
         start = index - self.size + 1
         if start >= 0 and start % self.stride == 0:
             items.append(self._window(tuple(range(start, start + self.size)), float(start)))
@@ -126,7 +133,9 @@ class WindowPlanner(Generic[Frame]):
     def _window(self, indices: tuple[int, ...], t0: float) -> Window[Frame]:
         key = next(self._keys)
         self._windows.append((key, t0))
-        return Window(key, tuple(self._frames[i] for i in indices))
+        # Output 2t shows time t; the slot after a shot's last frame repeats it, hence the + 2.
+        first, last = self._offset + max(t0, 0.0), self._offset + t0 + self.size - 1
+        return Window(key, tuple(self._frames[i] for i in indices), range(int(2 * first), int(2 * last) + 2))
 
     def _emit_ready(self, final: bool) -> list[Emit]:
         """Emits for every output time whose sources can no longer change.

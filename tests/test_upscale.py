@@ -323,7 +323,9 @@ def start_upscale(tmp_path: Path, weights: Path, output: Path, *, frames: int = 
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    while not any(p.is_file() and p.stat().st_size for p in output.parent.glob(f".{output.name}.stvsr-*/*")):
+    # The segment being encoded is staged inside the run's work folder.
+    while not any(p.is_file() and p.stat().st_size
+                  for p in output.parent.glob(f".{output.name}.stvsr.work/.seg-*.stvsr-*/*")):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the encoder never started"
         time.sleep(0.02)
@@ -352,10 +354,10 @@ def test_after_kill_9_the_next_run_into_the_same_output_removes_the_leftovers(tm
     process = start_upscale(tmp_path, weights, output)
     process.kill()  # SIGKILL: nothing can clean up
     process.communicate(timeout=60)
-    (staging,) = tmp_path.glob(".out.mp4.stvsr-*")
+    (work,) = tmp_path.glob(".out.mp4.stvsr.work")  # no segment was finished: nothing to resume
     short = make_video(tmp_path / "short.mp4", frames=2)
     code, text = upscale([str(short), str(output), "-q"], weights)
     assert code == 0, text
-    assert f"removed {staging}, the unfinished output of an earlier run into out.mp4 that was killed" in text
+    assert f"removed {work}, the unfinished work of an earlier run into out.mp4 that was killed" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4", "short.mp4"]
     assert len(read_video(output)[0]) == 4

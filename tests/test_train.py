@@ -62,8 +62,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, monkeyp
 
     save = training.save_checkpoint
 
-    def save_then_die(path, model, optimizer, schedule, scaler, step, *rest):
-        save(path, model, optimizer, schedule, scaler, step, *rest)
+    def save_then_die(path, state, rng):
+        save(path, state, rng)
         raise KeyboardInterrupt  # killed right after the checkpoint of step 2
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_die)

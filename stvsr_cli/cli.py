@@ -32,7 +32,7 @@ try:
     from . import __version__
     from .config import PRESETS
     from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_TILE
-    from .errors import StvsrError
+    from .errors import StvsrError, first_line
 except KeyboardInterrupt:
     sys.stderr.write("stvsr: interrupted\n")
     raise SystemExit(130) from None
@@ -108,10 +108,8 @@ def _one_line(error: BaseException, signum: int | None = None) -> str:
         return "stvsr: interrupted"
     if isinstance(error, StvsrError):
         return f"stvsr: error: {error}"
-    # first line only: errors re-raised from DataLoader workers carry a whole traceback
-    message = (str(error).strip().splitlines() or [""])[0]
     return (
-        f"stvsr: unexpected {type(error).__name__}: {message}. "
+        f"stvsr: unexpected {type(error).__name__}: {first_line(error, otherwise='')}. "
         "Run again with `stvsr --debug ...` for the traceback and report it."
     )
 
@@ -369,7 +367,8 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
     """
     from rich.console import Console
 
-    from .evaluate import MODEL, EvalOptions, check_output_file, evaluate, plot_psnr, write_json
+    from .evaluate import MODEL, EvalOptions, evaluate, plot_psnr, write_json
+    from .files import check_output_file
     from .progress import FrameProgress
 
     for path, option in ((json_path, "--json"), (plot, "--plot")):
@@ -650,8 +649,7 @@ def bench(
     import statistics
 
     from .bench import Workload, run_bench
-    from .evaluate import check_output_file
-    from .weights import write_atomically
+    from .files import check_output_file, write_atomically
 
     if json_path is not None:
         check_output_file(json_path, "--json")  # before minutes of timing, not after

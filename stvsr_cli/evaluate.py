@@ -78,7 +78,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from . import metrics, motion
-from .errors import StvsrError
+from .errors import StvsrError, first_line
+from .files import write_atomically
 from .frames import (
     crop_to_multiple,
     is_vimeo_root,
@@ -92,7 +93,6 @@ from .frames import (
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
-from .weights import write_atomically
 
 log = logging.getLogger("stvsr")
 
@@ -649,9 +649,8 @@ class _MotionCompensated:
             process.stdin.close()
             if process.wait() != 0:
                 errors.seek(0)
-                message = errors.read().decode(errors="replace").strip().splitlines()
-                raise StvsrError(f"ffmpeg's minterpolate failed on {clip.name}: "
-                                 f"{message[0] if message else f'exit status {process.returncode}'}")
+                reason = first_line(errors.read().decode(errors="replace"), f"exit status {process.returncode}")
+                raise StvsrError(f"ffmpeg's minterpolate failed on {clip.name}: {reason}")
         except BrokenPipeError:
             process.wait()
             raise StvsrError(f"ffmpeg's minterpolate stopped early on {clip.name}") from None
@@ -688,15 +687,6 @@ def _score(index: int, prediction: Tensor, gt: Tensor) -> FrameScore:
 
 
 # --- writing results -----------------------------------------------------------------------------
-
-
-def check_output_file(path: str | os.PathLike, option: str) -> None:
-    """Refuse an output file whose folder does not exist, before an hour of work."""
-    path = Path(path)
-    if path.is_dir():
-        raise StvsrError(f"{option} {path} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise StvsrError(f"{option} {path}: folder {path.parent} does not exist; create it first")
 
 
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:

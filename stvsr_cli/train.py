@@ -60,6 +60,7 @@ from . import __version__
 from .config import MEGANConfig, NetworkConfig, config_from_dict, preset
 from .data import BadData, TrainingSet, collate, open_source, validation_set
 from .errors import StvsrError
+from .files import write_atomically
 from .frames import SCALE, make_lr
 from .inference import PRECISIONS, Upscaler, resolve_device, resolve_precision
 from .metrics import psnr_y
@@ -71,7 +72,6 @@ from .weights import (
     open_weights,
     read_checkpoint,
     save_weights,
-    write_atomically,
 )
 
 log = logging.getLogger("stvsr")

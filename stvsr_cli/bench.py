@@ -54,7 +54,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -70,7 +70,7 @@ from .inference import Upscaler, resolve_device
 from .layers import ModulatedDeformConv
 from .layers.deform_cpu import deform_conv2d
 from .networks import build_network
-from .stream import check_run_options
+from .options import MOTION_PRIORS, BenchOptions
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
 from .windows import Window, WindowPlanner
 
@@ -629,64 +629,32 @@ def default_clip_frames(device: torch.device) -> int:
     return 96 if device.type == "cuda" else 8
 
 
-def run_bench(
-    presets: list[str],
-    workloads: list[Workload] | None = None,
-    device: str = "auto",
-    precisions: Sequence[str] = ("auto",),
-    runs: int = 3,
-    warmup: int = 1,
-    threads: int | None = None,
-    deform: bool = True,
-    end_to_end: bool = True,
-    clip_frames: int | None = None,
-    tile: int = DEFAULT_TILE,
-    peak_tflops: float | None = None,
-    motion_priors: Sequence[str | None] = (None,),
-) -> BenchReport:
-    """Benchmark each preset at each precision on each workload (None: the
-    device's defaults): the network alone and, with `end_to_end`, the whole
-    upscale path on a clip of `clip_frames` LR frames. With `deform`, also
-    compare the deformable convolutions (on the CPU, where stvsr has its own).
-    `motion_priors` times each preset with its motion prior as the preset
-    has it (None), taken away ("none") or added ("flow"), to show its cost."""
-    if runs < 1:
-        raise StvsrError(f"--runs must be at least 1 (got {runs})")
-    if clip_frames is not None and clip_frames < 1:
-        raise StvsrError(f"--frames must be at least 1 (got {clip_frames})")
-    check_run_options(tile, DEFAULT_OVERLAP, batch=1)
-    torch_device = resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            raise StvsrError(f"--threads must be at least 1 (got {threads})")
-        torch.set_num_threads(threads)
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise StvsrError(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}")
-    priors = {"none": 0, "flow": 1}
-    if any(prior is not None and prior not in priors for prior in motion_priors):
-        raise StvsrError(f"unknown motion prior in {list(motion_priors)}; use {' or '.join(priors)}")
-    workloads = workloads or default_workloads(torch_device)
-    clip_frames = clip_frames or default_clip_frames(torch_device)
+def run_bench(options: BenchOptions = BenchOptions()) -> BenchReport:
+    """Benchmark as `options` say (see `BenchOptions`)."""
+    torch_device = resolve_device(options.device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    workloads = list(options.workloads or default_workloads(torch_device))
+    clip_frames = options.clip_frames or default_clip_frames(torch_device)
     report = BenchReport(
         device=device_name(torch_device), threads=torch.get_num_threads(), torch_version=torch.__version__
     )
-    if deform and torch_device.type == "cpu":
-        report = dataclasses.replace(report, deform=bench_deform(torch_device, workloads[0], runs))
+    if options.deform and torch_device.type == "cpu":
+        report = dataclasses.replace(report, deform=bench_deform(torch_device, workloads[0], options.runs))
     models: list[ModelResult] = []
     pipelines: list[PipelineResult | None] = []
-    for preset, prior, precision in itertools.product(presets, motion_priors, precisions):
+    for preset, prior, precision in itertools.product(options.presets, options.motion_priors, options.precisions):
         config = PRESETS[preset]
         if prior is not None:
             if not hasattr(config, "motion_prior"):
                 raise StvsrError(f"--motion-prior is MEGAN's; the {preset} network has none")
-            config = dataclasses.replace(config, motion_prior=priors[prior])
+            config = dataclasses.replace(config, motion_prior=MOTION_PRIORS[prior])
         upscaler = Upscaler(build_network(config), device=str(torch_device), precision=precision)
         for workload in workloads:
-            model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
-            models.append(model)
+            models.append(bench_model(upscaler, preset, workload, options.runs, options.warmup, options.tile,
+                                      options.peak_tflops))
             pipelines.append(
-                bench_pipeline(upscaler, preset, workload, clip_frames, runs, warmup, tile) if end_to_end else None
+                bench_pipeline(upscaler, preset, workload, clip_frames, options.runs, options.warmup, options.tile)
+                if options.end_to_end else None
             )
     return dataclasses.replace(report, models=models, pipelines=pipelines)
-

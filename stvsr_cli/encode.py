@@ -146,6 +146,10 @@ class EncodeOptions:
     pix_fmt: str | None = None
     audio: bool = True
 
+    def __post_init__(self) -> None:  # the range of crf depends on the encoder: `check_encoder`
+        if self.crf is not None and self.crf < 0:
+            raise StvsrError(f"--crf must not be negative (got {self.crf})")
+
 
 # ---------------------------------------------------------------- checks
 

@@ -151,6 +151,9 @@ class EvalOptions:
     baselines: bool = False
     save: Path | None = None  # write the model's predicted frames as save/<clip>/00000.png ...
 
+    def __post_init__(self) -> None:
+        check_run_options(self.tile, self.tile_overlap, self.batch)
+
 
 @dataclass(frozen=True)
 class FrameScore:
@@ -340,7 +343,6 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
     if not any(clip.video is not None or clip.gt_frames >= MIN_GT_FRAMES for clip in clips):
         raise StvsrError(f"no clip in {data} has the {MIN_GT_FRAMES} GT frames an evaluation needs "
                          "(2 inputs and the frame between them)")
-    check_run_options(options.tile, options.tile_overlap, options.batch)
     upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
     report = score_clips(clips, upscaler, options, progress)
     weights = options.weights if options.weights is not None else "the shipped default weights"

@@ -65,6 +65,7 @@ from .frames import SCALE, make_lr
 from .inference import PRECISIONS, Upscaler, resolve_device, resolve_precision
 from .metrics import psnr_y
 from .networks import Network, build_network
+from .options import MOTION_PRIORS, RECIPE, TrainOptions
 from .runlog import RunLog, progress_bar
 from .weights import (
     clean_state_dict,
@@ -78,66 +79,6 @@ log = logging.getLogger("stvsr")
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
-# What makes one run the same run: --resume refuses to continue with different values.
-RECIPE = ("preset", "init", "motion_prior", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
-MOTION_PRIORS = {"none": 0, "flow": 1}  # --motion-prior: MEGANConfig.motion_prior
-
-
-@dataclass
-class TrainOptions:
-    """Everything a training run needs; the defaults are the paper's recipe."""
-
-    data: Sequence[str | Path]  # sources, detected by layout (see stvsr_cli.data)
-    out: Path  # the run folder
-    preset: str | None = None  # network size for a new run; "paper" unless `init` gives one
-    init: Path | None = None  # start from these weights (a weights file or a checkpoint)
-    # "flow" or "none": set MEGANConfig.motion_prior of the preset or of the `init` weights (it adds no
-    # parameters, so weights trained without the prior can be fine-tuned with it); None keeps it
-    motion_prior: str | None = None
-    resume: bool = False  # continue from out/checkpoint.pt
-    iters: int = 20_000
-    batch: int = 16
-    lr: float = 1e-4
-    lr_min: float = 1e-7
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-3  # Charbonnier epsilon
-    crop: int = 32  # LR crop side; the HR crop is 4x
-    seed: int = 0
-    val: Sequence[str | Path] = ()
-    val_every: int = 1000
-    val_windows: int = 32  # at most this many validation windows
-    val_size: int = 256  # HR centre crop of a validation window
-    save_every: int = 1000
-    log_every: int = 10
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    max_bad_steps: int = 10
-    quiet: bool = False
-
-    def check(self) -> None:
-        positive = ("iters", "batch", "crop", "val_every", "val_windows", "val_size", "save_every", "log_every")
-        problems = [f"--{name.replace('_', '-')} must be positive" for name in positive if getattr(self, name) < 1]
-        if not self.data:
-            problems.append("give at least one DATA source")
-        if not 0 < self.lr_min <= self.lr:
-            problems.append(f"need 0 < --lr-min <= --lr (got {self.lr_min} and {self.lr})")
-        if self.eps <= 0:
-            problems.append("--eps must be positive")
-        if self.workers < 0:
-            problems.append("--workers must not be negative")
-        if self.preset is not None and self.init is not None:
-            problems.append("--init's weights define the network; drop --preset")
-        if self.motion_prior is not None and self.motion_prior not in MOTION_PRIORS:
-            problems.append(f"--motion-prior must be one of {', '.join(MOTION_PRIORS)} (got {self.motion_prior!r})")
-        if problems:
-            raise StvsrError("; ".join(problems))
-
-    def recipe(self) -> dict:
-        values = {name: getattr(self, name) for name in RECIPE}
-        values["init"] = None if self.init is None else str(self.init)
-        values["betas"] = [float(beta) for beta in self.betas]
-        return values
 
 
 @dataclass

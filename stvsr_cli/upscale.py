@@ -85,6 +85,11 @@ class UpscaleOptions:
     encode: EncodeOptions = field(default_factory=EncodeOptions)
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        check_run_options(self.tile, self.tile_overlap, self.batch)
+        if not 0 <= self.scene_threshold <= 1:
+            raise StvsrError(f"--scene-threshold must be from 0 to 1 (got {self.scene_threshold}); 0 turns it off")
+
 
 @dataclass(frozen=True)
 class UpscaleResult:

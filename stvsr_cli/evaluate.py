@@ -90,7 +90,7 @@ from .frames import (
     save_frame,
     vimeo_septuplets,
 )
-from .inference import Upscaler
+from .inference import WindowUpscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 
@@ -350,7 +350,7 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
                                device=str(upscaler.device))
 
 
-def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions = EvalOptions(),
+def score_clips(clips: Sequence[Clip], upscaler: WindowUpscaler, options: EvalOptions = EvalOptions(),
                 progress: Progress | None = None) -> EvalReport:
     """Score a network already in memory, wrapped as `Upscaler(model)` (which
     puts the model in eval mode), on `clips`. `options.weights`, `device` and
@@ -518,7 +518,7 @@ def _open_reader(clip: Clip, scale: int) -> _ClipReader | _VideoReader:
     return _VideoReader(clip, scale) if clip.video is not None else _ClipReader(clip, scale)
 
 
-def _score_clip(clip: Clip, upscaler: Upscaler, options: EvalOptions, rows: tuple[str, ...],
+def _score_clip(clip: Clip, upscaler: WindowUpscaler, options: EvalOptions, rows: tuple[str, ...],
                 step: Callable[[], None]) -> ClipResult:
     scale = upscaler.scale
     save = Path(options.save) / clip.name if options.save is not None else None

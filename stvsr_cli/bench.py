@@ -385,7 +385,7 @@ def count_flops(model: nn.Module) -> Iterator[dict[str, int]]:
     counts = {"total": 0, "deform": 0}
 
     def deform_hook(module: ModulatedDeformConv, inputs, output: Tensor) -> None:
-        counts["deform"] += 2 * output.numel() * module.conv.weight[0].numel()
+        counts["deform"] += module.flops(output.shape)
 
     hooks = [m.register_forward_hook(deform_hook) for m in model.modules() if isinstance(m, ModulatedDeformConv)]
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.torchvision.deform_conv2d: _deform_conv2d_flops})
@@ -592,13 +592,14 @@ def bench_deform(device: torch.device, workload: Workload, runs: int = 3) -> Def
     (channels-last on the CPU, as in the network)."""
     config = PRESETS["paper"]
     c, groups = config.channels, config.deformable_groups
+    layer = ModulatedDeformConv(c, c, groups)  # for its shapes and FLOPs
     h, w = (-(-size // 4) * 4 for size in workload.lr_size)  # padded to the network's multiple of 4
     x = torch.randn(2, c, h, w, device=device)
-    offset = 2 * torch.randn(2, 18 * groups, h, w, device=device)
-    mask = torch.rand(2, 9 * groups, h, w, device=device)
+    offset = 2 * torch.randn(2, layer.offset_planes, h, w, device=device)
+    mask = torch.rand(2, layer.mask_planes, h, w, device=device)
     weight = torch.randn(c, c, 3, 3, device=device) / (9 * c) ** 0.5
     bias = torch.zeros(c, device=device)
-    gflop = 2 * c * c * 9 * 2 * h * w / 1e9
+    gflop = layer.flops(x.shape) / 1e9  # the output has the input's shape
 
     # stvsr's and the plain convolution take the layout the network runs in on the CPU
     x_cl = x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x

@@ -72,6 +72,7 @@ from .layers.deform_cpu import deform_conv2d
 from .networks import build_network
 from .options import MOTION_PRIORS, BenchOptions
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
+from .upscale import UpscaleOptions, upscale_video
 from .windows import Window, WindowPlanner
 
 OUTPUT_FRAMES_PER_WINDOW = 4  # a window every 2 LR frames, 2 output frames per LR frame
@@ -553,11 +554,6 @@ def bench_pipeline(
 ) -> PipelineResult:
     """Time `upscale_video` on a generated clip of `frames` LR frames with
     audio: `warmup` untimed runs, then `runs` timed ones."""
-    try:
-        from .upscale import UpscaleOptions, upscale_video
-    except ImportError as error:  # PyAV missing, as on a bare GPU machine
-        raise StvsrError(f"the end-to-end benchmark needs PyAV ({error}); pip install av, or use --model-only") from None
-
     options = UpscaleOptions(tile=tile, overwrite=True)
     with tempfile.TemporaryDirectory(prefix="stvsr-bench-") as folder:
         clip = make_clip(Path(folder) / "clip.mp4", workload, frames)

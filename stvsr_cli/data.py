@@ -6,8 +6,8 @@ Every DATA argument of `stvsr train` is one *source*, detected by its layout
 - a Vimeo-90K septuplet root: `sequences/xxxxx/yyyy/im1..im7.png` and `sep_trainlist.txt`;
 - a folder of clips: one subfolder of numbered frames per clip (Vid4, REDS,
   `shared/data/train/clips`), or a single such clip folder;
-- a video file, or a folder of them, decoded with PyAV (imported only here,
-  so the rest of stvsr trains on frame folders without it);
+- a video file, or a folder of them, read through `decode` (as `stvsr
+  upscale` reads them, colours included);
 - a folder of still photographs, each turned into a 7-frame clip by a
   synthetic camera move;
 - the same photographs as scenes with objects moving fast over a moving
@@ -35,7 +35,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,13 +44,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .decode import count_frames, probe, read_frames
 from .errors import StvsrError
 from .frames import IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, vimeo_septuplets
 from .metrics import quantize
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
-
-if TYPE_CHECKING:  # decode imports PyAV, which training on frame folders must not need
-    from .decode import VideoInfo
 
 WINDOW = 7  # HR frames per sample: 2n + 1 for MEGAN's n + 1 = 4 inputs
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m"})
@@ -150,16 +148,15 @@ class VideoSource(Source):
     kind = "videos"
 
     def __init__(self, path: Path, files: list[Path], size: int) -> None:
-        from .decode import probe  # PyAV is needed only when videos are used
-
         self.path = path
         self.files, self.infos, self.counts = [], [], []
         for file in files:
-            frames, width, height = _probe_video(file)
-            _check_size(file, width, height, size)
+            info = probe(file)  # colour matrix and range too, as `stvsr upscale` reads them
+            _check_size(file, info.width, info.height, size)
+            frames = count_frames(info)
             if frames >= WINDOW:
                 self.files.append(file)
-                self.infos.append(probe(file))  # colour matrix and range, as `stvsr upscale` reads them
+                self.infos.append(info)
                 self.counts.append(frames - WINDOW + 1)
         if not self.files:
             raise StvsrError(f"{path}: no video has the {WINDOW} frames a training window needs")
@@ -170,8 +167,12 @@ class VideoSource(Source):
 
     def _decode(self, index: int) -> Tensor | None:
         video = int(torch.searchsorted(self.starts, index, right=True)) - 1
-        frames = _decode_window(self.infos[video], index - int(self.starts[video]))
-        return None if frames is None or _crosses_cut(frames) else frames
+        frames = read_frames(self.infos[video], index - int(self.starts[video]), WINDOW)
+        if len(frames) < WINDOW:  # past the end
+            return None
+        hr = torch.stack([torch.from_numpy(f.astype(np.float32) / np.iinfo(f.dtype).max).permute(2, 0, 1)
+                          for f in frames])  # (7, 3, H, W) in [0, 1]
+        return None if _crosses_cut(hr) else hr
 
     def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         frames = self._decode(index)
@@ -563,66 +564,3 @@ def _to_uint8(frames: Tensor) -> Tensor:
 
 def _crosses_cut(frames: Tensor) -> bool:
     return any(scene_change(a, b) > DEFAULT_SCENE_THRESHOLD for a, b in zip(frames[:-1], frames[1:]))
-
-
-# --- video decoding (PyAV, imported only when a video is used) ---------------------------------------
-
-
-def _open_video(path: Path):
-    try:
-        import av
-    except ImportError:
-        raise StvsrError(f"{path}: reading videos needs PyAV (pip install av); or train on folders of frames") from None
-    try:
-        return av.open(str(path))
-    except av.error.FFmpegError as error:
-        raise StvsrError(f"{path}: not a readable video ({error})") from None
-
-
-def _probe_video(path: Path) -> tuple[int, int, int]:
-    """Frame count, width and height; the count from the packets when the header has none."""
-    with _open_video(path) as container:
-        if not container.streams.video:
-            raise StvsrError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
-        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-        return frames, stream.codec_context.width, stream.codec_context.height
-
-
-def _decode_window(info: VideoInfo, start: int) -> Tensor | None:
-    """Frames start .. start + 6 of a video as (7, 3, H, W) in [0, 1]; None past the end.
-
-    Seeks to the key frame before the window and decodes forward to it;
-    frames are matched by their presentation time at the stream's frame rate.
-    Colour is converted by `decode.frame_to_rgb`, with the video's own matrix
-    and range, so the network trains on the colours `stvsr upscale` feeds it.
-    """
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    from .decode import frame_to_rgb
-
-    path = info.path
-    reformatter = VideoReformatter()
-
-    with _open_video(path) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        origin = stream.start_time or 0
-        step = 1 / (rate * stream.time_base)  # one frame in time-base units
-        target = origin + int(round(start * step))
-        frames = []
-        try:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is not None and frame.pts < target - step / 2:
-                    continue
-                rgb = frame_to_rgb(frame, info, reformatter)  # (H, W, 3) uint8, or uint16 when deep
-                frames.append(torch.from_numpy(rgb.astype(np.float32) / np.iinfo(rgb.dtype).max).permute(2, 0, 1))
-                if len(frames) == WINDOW:
-                    break
-        except av.error.FFmpegError as error:
-            raise StvsrError(f"{path}: decoding failed near frame {start} ({error})") from None
-    if len(frames) < WINDOW:
-        return None
-    return torch.stack(frames)

@@ -221,10 +221,8 @@ def test_bad_data_in_a_loader_worker_is_one_line(tmp_path):
     assert "Traceback" not in result.output
 
 
-# Also trains without PyAV, as the GPU machine has none.
 DDP_SCRIPT = """
 import os, sys
-sys.modules["av"] = None
 import torch
 from stvsr_cli.train import TrainOptions, train
 result = train(TrainOptions(data=[sys.argv[1]], out=sys.argv[2], preset="tiny", iters=3, batch=2, crop=8,

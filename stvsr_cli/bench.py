@@ -464,9 +464,9 @@ def bench_model(
     window_seconds, prior_seconds = [], []
     for _ in range(runs):
         time_references()
-        with _time_motion_prior(device) as spent:
+        with _time_motion_prior(device) as prior:
             window_seconds.append(_timed(window, device))
-        prior_seconds.append(spent[0])
+        prior_seconds.append(prior.seconds)
     time_references()
     return ModelResult(
         preset=preset,
@@ -483,14 +483,19 @@ def bench_model(
     )
 
 
+@dataclass
+class _Spent:
+    seconds: float = 0.0
+
+
 @contextlib.contextmanager
-def _time_motion_prior(device: torch.device) -> Iterator[list[float]]:
+def _time_motion_prior(device: torch.device) -> Iterator[_Spent]:
     """Seconds spent inside the motion prior's two steps (`motion.pair_flows`,
     the flows; `motion.interpolate`, the warped in-between frames) while the
     block runs, by wrapping them where the network looks them up. Timing the
     prior inside the windows themselves gives its share of the same work,
     which load on a shared machine cannot skew as it can two separate runs."""
-    spent = [0.0]
+    spent = _Spent()
     originals = {name: getattr(motion, name) for name in ("pair_flows", "interpolate")}
 
     def timed(function):
@@ -499,7 +504,7 @@ def _time_motion_prior(device: torch.device) -> Iterator[list[float]]:
             start = time.perf_counter()
             result = function(*args, **kwargs)
             _synchronize(device)
-            spent[0] += time.perf_counter() - start
+            spent.seconds += time.perf_counter() - start
             return result
 
         return run

@@ -363,12 +363,12 @@ def score_clips(clips: Sequence[Clip], upscaler: WindowUpscaler, options: EvalOp
         raise StvsrError(f"no clip has the {MIN_GT_FRAMES} GT frames an evaluation needs")
     rows = (MODEL, *BASELINES) if options.baselines else (MODEL,)
     total = sum(clip.scored for clip in usable) or None  # None: unknown (a video without a frame count)
-    done = [0]
+    scored = itertools.count(1)  # next(scored): the frames scored so far, this one included
 
     def step() -> None:
-        done[0] += 1
+        frames = next(scored)
         if progress:
-            progress(done[0], total)
+            progress(frames, total)
 
     if progress:
         progress(0, total)  # the work starts: a rate is measured from here

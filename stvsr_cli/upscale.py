@@ -172,6 +172,7 @@ class _Pipeline:
         self.info, self.upscaler, self.options = info, upscaler, options
         self.high_bit_depth = info.bit_depth > 8
         self.input_frames = 0
+        self.output_frames = 0  # written so far
         self.scene_cuts = 0
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
@@ -179,13 +180,12 @@ class _Pipeline:
     def run(self, write: Callable[[np.ndarray], None], on_frame: Callable[[int], None]) -> int:
         input_queue: queue.Queue = queue.Queue(maxsize=_input_queue_frames(self.options.batch))
         frame_queue: queue.Queue = queue.Queue(maxsize=_output_queue_frames(self.info, self.upscaler.scale))
-        written = [0]
 
         def encode() -> None:
             for frame in self._drain(frame_queue):
                 write(frame)
-                written[0] += 1
-                on_frame(written[0])
+                self.output_frames += 1
+                on_frame(self.output_frames)
 
         threads = [
             threading.Thread(target=self._guard, args=(self._decode, input_queue), name="stvsr-decode", daemon=True),
@@ -202,7 +202,7 @@ class _Pipeline:
             raise
         if self._errors:
             raise self._errors[0]
-        return written[0]
+        return self.output_frames
 
     def _guard(self, stage: Callable, *args) -> None:
         """Run a stage; on failure record it and stop the others."""

@@ -60,8 +60,8 @@ class TrainOptions:
     seed: int = 0
     val: Sequence[str | Path] = ()
     val_every: int = 1000
-    val_windows: int = 32  # at most this many validation windows
-    val_size: int = 256  # HR centre crop of a validation window
+    val_windows: int = 32  # at most this many validation septuplets (7 HR frames each; see stvsr_cli.data)
+    val_size: int = 256  # HR centre crop of a validation septuplet
     save_every: int = 1000
     log_every: int = 10
     device: str = "auto"

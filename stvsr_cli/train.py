@@ -29,9 +29,9 @@ Choices made here:
   previous one usable. `--resume` continues from it exactly: on the CPU the
   weights equal an uninterrupted run's bit for bit.
 - Validation here is a quick check: the PSNR on Y (`metrics.psnr_y`) of
-  every output frame of 7-frame windows of the validation data, inputs
-  made with `frames.make_lr` from frames 0, 2, 4, 6, windows centre-cropped
-  to `val_size` so memory stays bounded, averaged over windows. `stvsr
+  every output frame of septuplets (7 HR frames) of the validation data,
+  inputs made with `frames.make_lr` from frames 0, 2, 4, 6, septuplets
+  centre-cropped to `val_size` so memory stays bounded, averaged over them. `stvsr
   eval` is the full protocol (whole frames, SSIM, per-clip averages).
 """
 
@@ -159,7 +159,7 @@ class _Run:
     console: Console
     network: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
     sources: list  # the training data (data.open_source)
-    validation: list[Tensor]  # 7-frame HR samples, (7, 3, H, W) uint8
+    validation: list[Tensor]  # septuplets, (7, 3, H, W) uint8
     runlog: RunLog | None  # rank 0 only
     autocast: object
     last_loss: float | None = None  # mean loss of the last logged interval
@@ -208,11 +208,11 @@ def _start_run(options: TrainOptions, rank: int, world: int, device: torch.devic
 
     dtype = resolve_precision(options.precision, device, training=True)
     sources = [open_source(spec, options.crop * SCALE) for spec in options.data]
-    samples = validation_set(options.val, options.val_size, options.val_windows) if options.val else []
+    septuplets = validation_set(options.val, options.val_size, options.val_windows) if options.val else []
     for source in sources:
         console.print(f"data: {source.describe()}")
-    if samples:
-        console.print(f"validation: {len(samples)} windows from {', '.join(map(str, options.val))}")
+    if septuplets:
+        console.print(f"validation: {len(septuplets)} septuplets from {', '.join(map(str, options.val))}")
 
     state = _new_state(options, checkpoint, device, dtype)
     if checkpoint is not None:
@@ -236,7 +236,7 @@ def _start_run(options: TrainOptions, rank: int, world: int, device: torch.devic
     return _Run(
         state=state, rank=rank, world=world, device=device, run_dir=run_dir, console=console, network=network,
         precision=next(name for name, value in PRECISIONS.items() if value == dtype),
-        sources=sources, validation=samples, runlog=runlog,
+        sources=sources, validation=septuplets, runlog=runlog,
         autocast=torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext(),
     )
 
@@ -397,18 +397,18 @@ def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, 
     return loss_value, applied
 
 
-def validate(model: Network, windows: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
+def validate(model: Network, septuplets: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
              world: int = 1) -> float:
-    """Mean PSNR-Y over the windows' 7 output frames; the processes share the windows.
+    """Mean PSNR-Y over the septuplets' 7 output frames; the processes share the septuplets.
 
     The network runs through `Upscaler`, as `stvsr upscale` runs it (padding,
     precision, clamping), and goes back to training mode after.
     """
     upscaler = Upscaler(model, device=str(device), precision=precision)
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of window scores, windows
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of septuplet scores, septuplets
     try:
-        for window in windows[rank::world]:
-            hr = window.to(device).float().div(255)  # (7, 3, H, W)
+        for septuplet in septuplets[rank::world]:
+            hr = septuplet.to(device).float().div(255)  # (7, 3, H, W)
             output = upscaler(make_lr(hr[0::2]))
             total[0] += sum(psnr_y(o, h) for o, h in zip(output, hr)) / len(hr)
             total[1] += 1

@@ -210,9 +210,7 @@ class StillSource(Source):
     def __init__(self, path: Path, images: list[Path], size: int) -> None:
         self.path = path
         self.images = images
-        for image_path in images:
-            with Image.open(image_path) as image:
-                _check_size(image_path, image.width, image.height, size)
+        _check_photo_sizes(images, size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -257,9 +255,7 @@ class ObjectSource(Source):
             raise StvsrError(f"{path}: objects: needs at least 2 photos (a background and an object)")
         self.path = path
         self.images = images
-        for image_path in images:
-            with Image.open(image_path) as image:
-                _check_size(image_path, image.width, image.height, size)
+        _check_photo_sizes(images, size)
 
     def __len__(self) -> int:
         return len(self.images) * self.scenes_per_photo
@@ -441,6 +437,12 @@ def _numbered_frames(images: list[Path]) -> bool:
     """Names with digits that differ only in their digits (frame_0001.png, frame_0002.png, ...)."""
     patterns = {re.sub(r"\d+", "#", p.name.lower()) for p in images}
     return len(patterns) == 1 and "#" in patterns.pop()
+
+
+def _check_photo_sizes(images: list[Path], size: int) -> None:
+    for image_path in images:
+        with Image.open(image_path) as image:  # reads the header only
+            _check_size(image_path, image.width, image.height, size)
 
 
 def _check_size(what: Path, width: int, height: int, size: int) -> None:

@@ -70,7 +70,7 @@ from .inference import Upscaler, resolve_device
 from .layers import ModulatedDeformConv
 from .layers.deform_cpu import deform_conv2d
 from .networks import build_network
-from .options import MOTION_PRIORS, BenchOptions
+from .options import MOTION_PRIORS, WORKLOADS, BenchOptions, Workload  # Workload(S): bench's, defined with its options
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
 from .upscale import UpscaleOptions, upscale_video
 from .windows import Window, WindowPlanner
@@ -79,48 +79,6 @@ OUTPUT_FRAMES_PER_WINDOW = 4  # a window every 2 LR frames, 2 output frames per 
 REFERENCE_BATCH = 4  # feature maps in the reference convolution: the window's LR frames
 REFERENCE_CHANNELS = 64
 
-
-@dataclass(frozen=True)
-class Workload:
-    """An output size; the network sees LR frames a quarter of it on each side."""
-
-    width: int
-    height: int
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.width < 4 or self.height < 4 or self.width % 4 or self.height % 4:
-            raise StvsrError(f"output size must be multiples of 4 (the network's scale), got {self}")
-
-    @property
-    def lr_size(self) -> tuple[int, int]:
-        """(height, width) of the LR frames."""
-        return self.height // 4, self.width // 4
-
-    @classmethod
-    def parse(cls, text: str) -> Workload:
-        """A standard workload's name (vid4, 1080p) or an output size WIDTHxHEIGHT."""
-        if text.lower() in WORKLOADS:
-            return WORKLOADS[text.lower()]
-        try:
-            width, height = (int(part) for part in text.lower().split("x"))
-        except ValueError:
-            raise StvsrError(
-                f"size {text!r} should be {' or '.join(WORKLOADS)}, or WIDTHxHEIGHT of the output, e.g. 640x360"
-            ) from None
-        return cls(width, height)
-
-    def __str__(self) -> str:
-        h, w = self.lr_size
-        size = f"{self.width}x{self.height} output ({w}x{h} LR)"
-        return f"{self.name}, {size}" if self.name else size
-
-
-WORKLOADS = {
-    # Vid4's frame size, the field's standard test (ZSM and MEGAN report on it).
-    "vid4": Workload(720, 576, "vid4"),
-    "1080p": Workload(1920, 1080, "1080p"),
-}
 
 # Dense tensor-core TFLOP/s from NVIDIA's datasheets, by a part of the name
 # torch.cuda.get_device_name gives (the first that matches is used). float32

@@ -1,7 +1,7 @@
 """The options of `stvsr train` and `stvsr bench`, each defined once.
 
-`TrainOptions` and `BenchOptions` are what `train.train` and
-`bench.run_bench` take, and the command line reads its defaults from their
+`TrainOptions` and `BenchOptions` (with its `Workload`s, the output sizes
+to time) are what `train.train` and `bench.run_bench` take, and the command line reads its defaults from their
 fields (`cli.py`), so a default is written in one place. Each checks its
 values when it is made (`__post_init__`), with one line a user can act on.
 
@@ -15,14 +15,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from .config import PRESETS
 from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE
 from .errors import StvsrError
-
-if TYPE_CHECKING:
-    from .bench import Workload
 
 # What makes one training run the same run: --resume refuses to continue with different values.
 RECIPE = ("preset", "init", "motion_prior", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
@@ -99,6 +96,48 @@ class TrainOptions:
         values["betas"] = [float(beta) for beta in self.betas]
         return values
 
+
+@dataclass(frozen=True)
+class Workload:
+    """An output size; the network sees LR frames a quarter of it on each side."""
+
+    width: int
+    height: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.width < 4 or self.height < 4 or self.width % 4 or self.height % 4:
+            raise StvsrError(f"output size must be multiples of 4 (the network's scale), got {self}")
+
+    @property
+    def lr_size(self) -> tuple[int, int]:
+        """(height, width) of the LR frames."""
+        return self.height // 4, self.width // 4
+
+    @classmethod
+    def parse(cls, text: str) -> Workload:
+        """A standard workload's name (vid4, 1080p) or an output size WIDTHxHEIGHT."""
+        if text.lower() in WORKLOADS:
+            return WORKLOADS[text.lower()]
+        try:
+            width, height = (int(part) for part in text.lower().split("x"))
+        except ValueError:
+            raise StvsrError(
+                f"size {text!r} should be {' or '.join(WORKLOADS)}, or WIDTHxHEIGHT of the output, e.g. 640x360"
+            ) from None
+        return cls(width, height)
+
+    def __str__(self) -> str:
+        h, w = self.lr_size
+        size = f"{self.width}x{self.height} output ({w}x{h} LR)"
+        return f"{self.name}, {size}" if self.name else size
+
+
+WORKLOADS = {
+    # Vid4's frame size, the field's standard test (ZSM and MEGAN report on it).
+    "vid4": Workload(720, 576, "vid4"),
+    "1080p": Workload(1920, 1080, "1080p"),
+}
 
 @dataclass(frozen=True)
 class BenchOptions:

@@ -54,7 +54,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -70,56 +70,15 @@ from .inference import Upscaler, resolve_device
 from .layers import ModulatedDeformConv
 from .layers.deform_cpu import deform_conv2d
 from .networks import build_network
-from .stream import check_run_options
+from .options import MOTION_PRIORS, WORKLOADS, BenchOptions, Workload  # Workload(S): bench's, defined with its options
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
+from .upscale import UpscaleOptions, upscale_video
 from .windows import Window, WindowPlanner
 
 OUTPUT_FRAMES_PER_WINDOW = 4  # a window every 2 LR frames, 2 output frames per LR frame
 REFERENCE_BATCH = 4  # feature maps in the reference convolution: the window's LR frames
 REFERENCE_CHANNELS = 64
 
-
-@dataclass(frozen=True)
-class Workload:
-    """An output size; the network sees LR frames a quarter of it on each side."""
-
-    width: int
-    height: int
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.width < 4 or self.height < 4 or self.width % 4 or self.height % 4:
-            raise StvsrError(f"output size must be multiples of 4 (the network's scale), got {self}")
-
-    @property
-    def lr_size(self) -> tuple[int, int]:
-        """(height, width) of the LR frames."""
-        return self.height // 4, self.width // 4
-
-    @classmethod
-    def parse(cls, text: str) -> Workload:
-        """A standard workload's name (vid4, 1080p) or an output size WIDTHxHEIGHT."""
-        if text.lower() in WORKLOADS:
-            return WORKLOADS[text.lower()]
-        try:
-            width, height = (int(part) for part in text.lower().split("x"))
-        except ValueError:
-            raise StvsrError(
-                f"size {text!r} should be {' or '.join(WORKLOADS)}, or WIDTHxHEIGHT of the output, e.g. 640x360"
-            ) from None
-        return cls(width, height)
-
-    def __str__(self) -> str:
-        h, w = self.lr_size
-        size = f"{self.width}x{self.height} output ({w}x{h} LR)"
-        return f"{self.name}, {size}" if self.name else size
-
-
-WORKLOADS = {
-    # Vid4's frame size, the field's standard test (ZSM and MEGAN report on it).
-    "vid4": Workload(720, 576, "vid4"),
-    "1080p": Workload(1920, 1080, "1080p"),
-}
 
 # Dense tensor-core TFLOP/s from NVIDIA's datasheets, by a part of the name
 # torch.cuda.get_device_name gives (the first that matches is used). float32
@@ -385,7 +344,7 @@ def count_flops(model: nn.Module) -> Iterator[dict[str, int]]:
     counts = {"total": 0, "deform": 0}
 
     def deform_hook(module: ModulatedDeformConv, inputs, output: Tensor) -> None:
-        counts["deform"] += 2 * output.numel() * module.conv.weight[0].numel()
+        counts["deform"] += module.flops(output.shape)
 
     hooks = [m.register_forward_hook(deform_hook) for m in model.modules() if isinstance(m, ModulatedDeformConv)]
     counter = FlopCounterMode(display=False, custom_mapping={torch.ops.torchvision.deform_conv2d: _deform_conv2d_flops})
@@ -463,9 +422,9 @@ def bench_model(
     window_seconds, prior_seconds = [], []
     for _ in range(runs):
         time_references()
-        with _time_motion_prior(device) as spent:
+        with _time_motion_prior(device) as prior:
             window_seconds.append(_timed(window, device))
-        prior_seconds.append(spent[0])
+        prior_seconds.append(prior.seconds)
     time_references()
     return ModelResult(
         preset=preset,
@@ -482,14 +441,19 @@ def bench_model(
     )
 
 
+@dataclass
+class _Spent:
+    seconds: float = 0.0
+
+
 @contextlib.contextmanager
-def _time_motion_prior(device: torch.device) -> Iterator[list[float]]:
+def _time_motion_prior(device: torch.device) -> Iterator[_Spent]:
     """Seconds spent inside the motion prior's two steps (`motion.pair_flows`,
     the flows; `motion.interpolate`, the warped in-between frames) while the
     block runs, by wrapping them where the network looks them up. Timing the
     prior inside the windows themselves gives its share of the same work,
     which load on a shared machine cannot skew as it can two separate runs."""
-    spent = [0.0]
+    spent = _Spent()
     originals = {name: getattr(motion, name) for name in ("pair_flows", "interpolate")}
 
     def timed(function):
@@ -498,7 +462,7 @@ def _time_motion_prior(device: torch.device) -> Iterator[list[float]]:
             start = time.perf_counter()
             result = function(*args, **kwargs)
             _synchronize(device)
-            spent[0] += time.perf_counter() - start
+            spent.seconds += time.perf_counter() - start
             return result
 
         return run
@@ -553,11 +517,6 @@ def bench_pipeline(
 ) -> PipelineResult:
     """Time `upscale_video` on a generated clip of `frames` LR frames with
     audio: `warmup` untimed runs, then `runs` timed ones."""
-    try:
-        from .upscale import UpscaleOptions, upscale_video
-    except ImportError as error:  # PyAV missing, as on a bare GPU machine
-        raise StvsrError(f"the end-to-end benchmark needs PyAV ({error}); pip install av, or use --model-only") from None
-
     options = UpscaleOptions(tile=tile, overwrite=True)
     with tempfile.TemporaryDirectory(prefix="stvsr-bench-") as folder:
         clip = make_clip(Path(folder) / "clip.mp4", workload, frames)
@@ -592,13 +551,14 @@ def bench_deform(device: torch.device, workload: Workload, runs: int = 3) -> Def
     (channels-last on the CPU, as in the network)."""
     config = PRESETS["paper"]
     c, groups = config.channels, config.deformable_groups
+    layer = ModulatedDeformConv(c, c, groups)  # for its shapes and FLOPs
     h, w = (-(-size // 4) * 4 for size in workload.lr_size)  # padded to the network's multiple of 4
     x = torch.randn(2, c, h, w, device=device)
-    offset = 2 * torch.randn(2, 18 * groups, h, w, device=device)
-    mask = torch.rand(2, 9 * groups, h, w, device=device)
+    offset = 2 * torch.randn(2, layer.offset_planes, h, w, device=device)
+    mask = torch.rand(2, layer.mask_planes, h, w, device=device)
     weight = torch.randn(c, c, 3, 3, device=device) / (9 * c) ** 0.5
     bias = torch.zeros(c, device=device)
-    gflop = 2 * c * c * 9 * 2 * h * w / 1e9
+    gflop = layer.flops(x.shape) / 1e9  # the output has the input's shape
 
     # stvsr's and the plain convolution take the layout the network runs in on the CPU
     x_cl = x.contiguous(memory_format=torch.channels_last) if device.type == "cpu" else x
@@ -629,64 +589,32 @@ def default_clip_frames(device: torch.device) -> int:
     return 96 if device.type == "cuda" else 8
 
 
-def run_bench(
-    presets: list[str],
-    workloads: list[Workload] | None = None,
-    device: str = "auto",
-    precisions: Sequence[str] = ("auto",),
-    runs: int = 3,
-    warmup: int = 1,
-    threads: int | None = None,
-    deform: bool = True,
-    end_to_end: bool = True,
-    clip_frames: int | None = None,
-    tile: int = DEFAULT_TILE,
-    peak_tflops: float | None = None,
-    motion_priors: Sequence[str | None] = (None,),
-) -> BenchReport:
-    """Benchmark each preset at each precision on each workload (None: the
-    device's defaults): the network alone and, with `end_to_end`, the whole
-    upscale path on a clip of `clip_frames` LR frames. With `deform`, also
-    compare the deformable convolutions (on the CPU, where stvsr has its own).
-    `motion_priors` times each preset with its motion prior as the preset
-    has it (None), taken away ("none") or added ("flow"), to show its cost."""
-    if runs < 1:
-        raise StvsrError(f"--runs must be at least 1 (got {runs})")
-    if clip_frames is not None and clip_frames < 1:
-        raise StvsrError(f"--frames must be at least 1 (got {clip_frames})")
-    check_run_options(tile, DEFAULT_OVERLAP, batch=1)
-    torch_device = resolve_device(device)
-    if threads is not None:
-        if threads < 1:
-            raise StvsrError(f"--threads must be at least 1 (got {threads})")
-        torch.set_num_threads(threads)
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise StvsrError(f"unknown preset(s) {unknown}; choose from {', '.join(PRESETS)}")
-    priors = {"none": 0, "flow": 1}
-    if any(prior is not None and prior not in priors for prior in motion_priors):
-        raise StvsrError(f"unknown motion prior in {list(motion_priors)}; use {' or '.join(priors)}")
-    workloads = workloads or default_workloads(torch_device)
-    clip_frames = clip_frames or default_clip_frames(torch_device)
+def run_bench(options: BenchOptions = BenchOptions()) -> BenchReport:
+    """Benchmark as `options` say (see `BenchOptions`)."""
+    torch_device = resolve_device(options.device)
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    workloads = list(options.workloads or default_workloads(torch_device))
+    clip_frames = options.clip_frames or default_clip_frames(torch_device)
     report = BenchReport(
         device=device_name(torch_device), threads=torch.get_num_threads(), torch_version=torch.__version__
     )
-    if deform and torch_device.type == "cpu":
-        report = dataclasses.replace(report, deform=bench_deform(torch_device, workloads[0], runs))
+    if options.deform and torch_device.type == "cpu":
+        report = dataclasses.replace(report, deform=bench_deform(torch_device, workloads[0], options.runs))
     models: list[ModelResult] = []
     pipelines: list[PipelineResult | None] = []
-    for preset, prior, precision in itertools.product(presets, motion_priors, precisions):
+    for preset, prior, precision in itertools.product(options.presets, options.motion_priors, options.precisions):
         config = PRESETS[preset]
         if prior is not None:
             if not hasattr(config, "motion_prior"):
                 raise StvsrError(f"--motion-prior is MEGAN's; the {preset} network has none")
-            config = dataclasses.replace(config, motion_prior=priors[prior])
+            config = dataclasses.replace(config, motion_prior=MOTION_PRIORS[prior])
         upscaler = Upscaler(build_network(config), device=str(torch_device), precision=precision)
         for workload in workloads:
-            model = bench_model(upscaler, preset, workload, runs, warmup, tile, peak_tflops)
-            models.append(model)
+            models.append(bench_model(upscaler, preset, workload, options.runs, options.warmup, options.tile,
+                                      options.peak_tflops))
             pipelines.append(
-                bench_pipeline(upscaler, preset, workload, clip_frames, runs, warmup, tile) if end_to_end else None
+                bench_pipeline(upscaler, preset, workload, clip_frames, options.runs, options.warmup, options.tile)
+                if options.end_to_end else None
             )
     return dataclasses.replace(report, models=models, pipelines=pipelines)
-

@@ -20,6 +20,7 @@ import sys
 # machine) would print a traceback from the middle of an import: the `stvsr`
 # script imports this module before any of its code can catch anything.
 try:
+    import dataclasses
     import json
     import logging
     import os
@@ -32,10 +33,31 @@ try:
     from . import __version__
     from .config import PRESETS
     from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_TILE
-    from .errors import StvsrError
+    from .errors import StvsrError, first_line
+    from .options import BenchOptions, TrainOptions
 except KeyboardInterrupt:
     sys.stderr.write("stvsr: interrupted\n")
     raise SystemExit(130) from None
+
+
+def _defaults(options_class) -> dict:
+    """The defaults of an options dataclass's fields, which the commands show and use: each is written
+    once, in the library."""
+    return {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(options_class)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+
+
+_TRAIN = _defaults(TrainOptions)
+_BENCH = _defaults(BenchOptions)
+
+
+def _train_option(flag: str, *args, **kwargs):
+    """An option of `stvsr train` with TrainOptions's default for it."""
+    return click.option(flag, *args, default=_TRAIN[flag[2:].replace("-", "_")], show_default=True, **kwargs)
+
 
 # Signals that stop a command from outside, as Ctrl-C does from the keyboard.
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -108,10 +130,8 @@ def _one_line(error: BaseException, signum: int | None = None) -> str:
         return "stvsr: interrupted"
     if isinstance(error, StvsrError):
         return f"stvsr: error: {error}"
-    # first line only: errors re-raised from DataLoader workers carry a whole traceback
-    message = (str(error).strip().splitlines() or [""])[0]
     return (
-        f"stvsr: unexpected {type(error).__name__}: {message}. "
+        f"stvsr: unexpected {type(error).__name__}: {first_line(error, otherwise='')}. "
         "Run again with `stvsr --debug ...` for the traceback and report it."
     )
 
@@ -485,7 +505,8 @@ def evaluate_command(data: Path, weights: Path | None, device: str, precision: s
     """
     from rich.console import Console
 
-    from .evaluate import MODEL, EvalOptions, check_output_file, evaluate, plot_psnr, write_json
+    from .evaluate import MODEL, EvalOptions, evaluate, plot_psnr, write_json
+    from .files import check_output_file
     from .progress import FrameProgress
 
     for path, option in ((json_path, "--json"), (plot, "--plot")):
@@ -613,26 +634,25 @@ def _warnings_to(console):
 @click.option("--motion-prior", type=click.Choice(["flow", "none"]),
               help="Give the network (the preset's, or --init's) an optical-flow motion prior, or take it away.  "
                    "[default: as the preset or --init has it]")
-@click.option("--iters", type=int, default=20_000, show_default=True, help="Training steps.")
-@click.option("--batch", type=int, default=16, show_default=True, help="Samples a step, over all processes.")
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Learning rate at the start.")
-@click.option("--lr-min", type=float, default=1e-7, show_default=True, help="Learning rate at the end (cosine).")
-@click.option("--betas", type=(float, float), default=(0.9, 0.999), show_default=True, help="Adam's betas.")
-@click.option("--eps", type=float, default=1e-3, show_default=True, help="Charbonnier loss epsilon.")
-@click.option("--crop", type=int, default=32, show_default=True, help="LR crop side; HR crops are 4x.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the initial weights and the samples.")
+@_train_option("--iters", type=int, help="Training steps.")
+@_train_option("--batch", type=int, help="Samples a step, over all processes.")
+@_train_option("--lr", type=float, help="Learning rate at the start.")
+@_train_option("--lr-min", type=float, help="Learning rate at the end (cosine).")
+@_train_option("--betas", type=(float, float), help="Adam's betas.")
+@_train_option("--eps", type=float, help="Charbonnier loss epsilon.")
+@_train_option("--crop", type=int, help="LR crop side; HR crops are 4x.")
+@_train_option("--seed", type=int, help="Seed of the initial weights and the samples.")
 @click.option("--val", multiple=True, help="Validation data (any layout DATA takes); repeatable.")
-@click.option("--val-every", type=int, default=1000, show_default=True, help="Steps between validations.")
-@click.option("--val-windows", type=int, default=32, show_default=True, help="Validation windows at most.")
-@click.option("--val-size", type=int, default=256, show_default=True, help="HR centre crop of a validation window.")
-@click.option("--save-every", type=int, default=1000, show_default=True, help="Steps between checkpoints.")
-@click.option("--log-every", type=int, default=10, show_default=True, help="Steps between lines of log.jsonl.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
-              help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU (bf16 there only when asked).")
+@_train_option("--val-every", type=int, help="Steps between validations.")
+@_train_option("--val-windows", type=int, help="Validation septuplets (7 HR frames each) at most.")
+@_train_option("--val-size", type=int, help="HR centre crop of a validation septuplet.")
+@_train_option("--save-every", type=int, help="Steps between checkpoints.")
+@_train_option("--log-every", type=int, help="Steps between lines of log.jsonl.")
+@_train_option("--device", help="auto, cpu, cuda or cuda:N.")
+@_train_option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+               help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU (bf16 there only when asked).")
 @click.option("--workers", type=int, help="Data loading processes.  [default: CPU cores, at most 8]")
-@click.option("--max-bad-steps", type=int, default=10, show_default=True,
-              help="Stop after this many non-finite steps in a row.")
+@_train_option("--max-bad-steps", type=int, help="Stop after this many non-finite steps in a row.")
 def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> None:
     """Train MEGAN (or Zooming Slow-Mo) on videos, frame folders, photos or Vimeo-90K.
 
@@ -700,51 +720,40 @@ def convert(source: Path, destination: Path, overwrite: bool) -> None:
 
 
 @main.command()
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", default=_BENCH["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--preset",
     "presets",
     type=click.Choice(list(PRESETS)),
     multiple=True,
-    help="Network size to time; repeat for several.  [default: paper and small]",
+    help=f"Network size to time; repeat for several.  [default: {' and '.join(_BENCH['presets'])}]",
 )
 @click.option("--precision", "precisions", multiple=True,
-              help="auto, fp32, bf16 or fp16; repeat to compare in one run.  [default: auto]")
+              help=f"auto, fp32, bf16 or fp16; repeat to compare in one run.  "
+                   f"[default: {' and '.join(_BENCH['precisions'])}]")
 @click.option("--motion-prior", "motion_priors", type=click.Choice(["none", "flow"]), multiple=True,
               help="Time the presets without or with the optical-flow motion prior; repeat both to see its cost.  "
                    "[default: as each preset has it]")
 @click.option("--size", "sizes", multiple=True,
               help="Workload: vid4 (720x576 output), 1080p, or an output size WIDTHxHEIGHT; repeatable.  "
                    "[default: vid4 and 1080p on a GPU, vid4 on the CPU]")
-@click.option("--end-to-end/--model-only", default=True, show_default=True,
+@click.option("--end-to-end/--model-only", default=_BENCH["end_to_end"], show_default=True,
               help="Also time the whole upscale path (decode, network, encode, audio) on a generated clip.")
-@click.option("--frames", type=int, help="LR frames of the end-to-end clip.  [default: 96 on a GPU, 8 on the CPU]")
-@click.option("--tile", type=click.IntRange(min=0), default=DEFAULT_TILE, show_default=True,
+@click.option("--frames", "clip_frames", type=int,
+              help="LR frames of the end-to-end clip.  [default: 96 on a GPU, 8 on the CPU]")
+@click.option("--tile", type=click.IntRange(min=0), default=_BENCH["tile"], show_default=True,
               help="LR tile side, as upscale's (0: whole frames).")
-@click.option("--runs", default=3, show_default=True, help="Timed runs of each measurement (the median is reported).")
-@click.option("--warmup", default=1, show_default=True, help="Untimed runs first (the first counts the FLOPs).")
+@click.option("--runs", default=_BENCH["runs"], show_default=True,
+              help="Timed runs of each measurement (the median is reported).")
+@click.option("--warmup", default=_BENCH["warmup"], show_default=True,
+              help="Untimed runs first (the first counts the FLOPs).")
 @click.option("--threads", type=int, help="CPU threads for PyTorch.  [default: PyTorch's, one per core]")
-@click.option("--deform/--no-deform", default=True, show_default=True,
+@click.option("--deform/--no-deform", default=_BENCH["deform"], show_default=True,
               help="On the CPU, also time torchvision's deformable convolution against stvsr's.")
 @click.option("--peak-tflops", type=float, help="The device's peak TFLOP/s, for GPUs stvsr does not know.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every measurement to this JSON file.")
-def bench(
-    device: str,
-    presets: tuple[str, ...],
-    precisions: tuple[str, ...],
-    motion_priors: tuple[str, ...],
-    sizes: tuple[str, ...],
-    end_to_end: bool,
-    frames: int | None,
-    tile: int,
-    runs: int,
-    warmup: int,
-    threads: int | None,
-    deform: bool,
-    peak_tflops: float | None,
-    json_path: Path | None,
-) -> None:
+def bench(sizes: tuple[str, ...], json_path: Path | None, **options) -> None:
     """Time the network with random weights, alone and inside the whole
     upscale path: output frames per second, milliseconds per frame, peak
     memory, and achieved FLOP/s against the device's peak and against a
@@ -759,34 +768,32 @@ def bench(
       stvsr bench --device cpu --precision fp32 --precision auto   # bf16 where the CPU has it
       stvsr bench --device cpu --preset small --motion-prior none --motion-prior flow   # the prior's cost
     """
-    from rich import box
     from rich.console import Console
+
+    from .bench import Workload, run_bench
+    from .files import check_output_file, write_atomically
+
+    if json_path is not None:
+        check_output_file(json_path, "--json")  # before minutes of timing, not after
+    for name in ("presets", "precisions", "motion_priors"):  # an option not given: the library's default
+        options[name] = options[name] or _BENCH[name]
+    report = run_bench(BenchOptions(workloads=[Workload.parse(size) for size in sizes], **options))
+    console = Console()
+    _print_bench(report, console)
+    if json_path is not None:
+        text = json.dumps(report.to_dict(), indent=2) + "\n"
+        write_atomically(json_path, lambda temporary: temporary.write_text(text))
+        console.print(f"wrote {json_path}")
+
+
+def _print_bench(report, console) -> None:
+    """The tables of a `BenchReport`: the deformable convolutions (when timed), the network alone,
+    and the whole upscale path (when timed)."""
+    from rich import box
     from rich.table import Table
 
     import statistics
 
-    from .bench import Workload, run_bench
-    from .evaluate import check_output_file
-    from .weights import write_atomically
-
-    if json_path is not None:
-        check_output_file(json_path, "--json")  # before minutes of timing, not after
-    report = run_bench(
-        list(presets) or ["paper", "small"],
-        [Workload.parse(size) for size in sizes] or None,
-        device=device,
-        precisions=list(precisions) or ["auto"],
-        runs=runs,
-        warmup=warmup,
-        threads=threads,
-        deform=deform,
-        end_to_end=end_to_end,
-        clip_frames=frames,
-        tile=tile,
-        peak_tflops=peak_tflops,
-        motion_priors=list(motion_priors) or [None],
-    )
-    console = Console()
     console.print(f"{report.device}, {report.threads} PyTorch threads, torch {report.torch_version}")
     if report.deform is not None:
         d = report.deform
@@ -848,7 +855,3 @@ def bench(
                     f"{p.efficiency(m):.0%}", mib(p.peak_memory),
                 )  # fmt: skip
         console.print(table)
-    if json_path is not None:
-        text = json.dumps(report.to_dict(), indent=2) + "\n"
-        write_atomically(json_path, lambda temporary: temporary.write_text(text))
-        console.print(f"wrote {json_path}")

@@ -23,7 +23,9 @@ class _IntegerConfig:
 
     network: ClassVar[str]  # the network's name in weights files: "megan" or "zsm"
     title: ClassVar[str]  # and in messages
+    channels: int
     input_frames: int
+    deformable_groups: int
 
     @property
     def output_frames(self) -> int:
@@ -46,6 +48,24 @@ class _IntegerConfig:
         if not all(isinstance(value, int) and not isinstance(value, bool) for value in values.values()):
             raise StvsrError(f"{cls.title} configuration values must be integers, got {values}")
         return cls(**values)
+
+    def _shared_problems(self) -> list[str]:
+        """What both networks refuse: deformable groups that do not divide the channels, fewer than 2 inputs."""
+        problems = []
+        if self.deformable_groups < 1 or self.channels % self.deformable_groups:
+            problems.append(
+                f"channels ({self.channels}) must be a multiple of deformable_groups ({self.deformable_groups})"
+            )
+        if self.input_frames < 2:
+            problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
+        return problems
+
+    def _raise(self, problems: list[str], counts: tuple[str, ...]) -> None:
+        """Raise `problems`, and any of the `counts` of blocks below 0, as one error."""
+        problems = problems + [f"{name} must not be negative (got {getattr(self, name)})" for name in counts
+                               if getattr(self, name) < 0]
+        if problems:
+            raise StvsrError(f"invalid {self.title} configuration: " + "; ".join(problems))
 
     @classmethod
     def preset(cls: type[_Config], name: str) -> _Config:
@@ -90,12 +110,7 @@ class MEGANConfig(_IntegerConfig):
         problems = []
         if self.channels < 2 or self.channels % 2:
             problems.append(f"channels must be an even number >= 2 (got {self.channels})")
-        if self.deformable_groups < 1 or self.channels % self.deformable_groups:
-            problems.append(
-                f"channels ({self.channels}) must be a multiple of deformable_groups ({self.deformable_groups})"
-            )
-        if self.input_frames < 2:
-            problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
+        problems += self._shared_problems()
         if not 1 <= self.memory_size <= self.output_frames:
             problems.append(f"memory_size must be between 1 and {self.output_frames} (got {self.memory_size})")
         for name in ("image_residual", "motion_prior"):
@@ -103,11 +118,7 @@ class MEGANConfig(_IntegerConfig):
                 problems.append(f"{name} must be 0 or 1 (got {getattr(self, name)})")
         if self.attention_window < 1:
             problems.append(f"attention_window must be positive (got {self.attention_window})")
-        for name in ("nonlocal_blocks", "graph_layers", "fusion_blocks", "residual_blocks"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative (got {getattr(self, name)})")
-        if problems:
-            raise StvsrError("invalid MEGAN configuration: " + "; ".join(problems))
+        self._raise(problems, ("nonlocal_blocks", "graph_layers", "fusion_blocks", "residual_blocks"))
 
 
 @dataclass(frozen=True)
@@ -134,17 +145,7 @@ class ZSMConfig(_IntegerConfig):
         problems = []
         if self.channels < 1:
             problems.append(f"channels must be positive (got {self.channels})")
-        if self.deformable_groups < 1 or self.channels % self.deformable_groups:
-            problems.append(
-                f"channels ({self.channels}) must be a multiple of deformable_groups ({self.deformable_groups})"
-            )
-        if self.input_frames < 2:
-            problems.append(f"input_frames must be at least 2 (got {self.input_frames})")
-        for name in ("extraction_blocks", "residual_blocks"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must not be negative (got {getattr(self, name)})")
-        if problems:
-            raise StvsrError("invalid Zooming Slow-Mo configuration: " + "; ".join(problems))
+        self._raise(problems + self._shared_problems(), ("extraction_blocks", "residual_blocks"))
 
 
 NetworkConfig = MEGANConfig | ZSMConfig

@@ -1,4 +1,9 @@
-"""Training data: 7-frame HR windows from four layouts, and the LR inputs made from them.
+"""Training data: HR septuplets from five layouts, and the LR inputs made from them.
+
+A *septuplet* (Vimeo-90K's word) is 7 consecutive HR frames: the network
+is given LR frames made from frames 0, 2, 4 and 6 and learns to give all 7.
+(A *window*, in `windows.py`, is the 4 LR frames the network takes when it
+upscales a video.)
 
 Every DATA argument of `stvsr train` is one *source*, detected by its layout
 (`open_source`):
@@ -6,8 +11,8 @@ Every DATA argument of `stvsr train` is one *source*, detected by its layout
 - a Vimeo-90K septuplet root: `sequences/xxxxx/yyyy/im1..im7.png` and `sep_trainlist.txt`;
 - a folder of clips: one subfolder of numbered frames per clip (Vid4, REDS,
   `shared/data/train/clips`), or a single such clip folder;
-- a video file, or a folder of them, decoded with PyAV (imported only here,
-  so the rest of stvsr trains on frame folders without it);
+- a video file, or a folder of them, read through `decode` (as `stvsr
+  upscale` reads them, colours included);
 - a folder of still photographs, each turned into a 7-frame clip by a
   synthetic camera move;
 - the same photographs as scenes with objects moving fast over a moving
@@ -23,7 +28,7 @@ single-process run would, however many loader workers there are. The LR
 input is always `frames.make_lr` of HR frames 0, 2, 4, 6, the rule `stvsr
 eval` uses too.
 
-Real footage can hold scene cuts (`bikes.mp4` has five): a window whose
+Real footage can hold scene cuts (`bikes.mp4` has five): a septuplet whose
 neighbouring frames differ by more than `windows.DEFAULT_SCENE_THRESHOLD`
 in luma histogram is rejected and another is drawn, so the network never
 learns to blend across a cut.
@@ -35,7 +40,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,25 +49,23 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .decode import count_frames, probe, read_frames
 from .errors import StvsrError
 from .frames import IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, vimeo_septuplets
 from .metrics import quantize
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
 
-if TYPE_CHECKING:  # decode imports PyAV, which training on frame folders must not need
-    from .decode import VideoInfo
-
-WINDOW = 7  # HR frames per sample: 2n + 1 for MEGAN's n + 1 = 4 inputs
+SEPTUPLET = 7  # HR frames per sample: 2n + 1 for MEGAN's n + 1 = 4 inputs
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m"})
 KINDS = ("vimeo", "clips", "videos", "stills", "objects")
-DRAWS = 20  # windows drawn for one sample before giving up on scene cuts
+DRAWS = 20  # septuplets drawn for one sample before giving up on scene cuts
 
 
 # --- sources -----------------------------------------------------------------------------
 
 
 class Source:
-    """Numbered 7-frame windows of one DATA argument."""
+    """Numbered septuplets of one DATA argument."""
 
     kind: str
     path: Path
@@ -70,22 +73,22 @@ class Source:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
-        """Window `index` as (7, 3, size, size) floats in [0, 1] at a random
+    def septuplet(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+        """Septuplet `index` as (7, 3, size, size) floats in [0, 1] at a random
         position, or None when it crosses a scene cut."""
         raise NotImplementedError
 
     def validation_keys(self) -> list[int]:
-        """The windows validation may use: non-overlapping ones, in order."""
+        """The septuplets validation may use: non-overlapping ones, in order."""
         raise NotImplementedError
 
-    def validation_window(self, key: int, size: int) -> Tensor | None:
-        """Window `key` centre-cropped to at most size x size, as (7, 3, H, W)
+    def validation_septuplet(self, key: int, size: int) -> Tensor | None:
+        """Septuplet `key` centre-cropped to at most size x size, as (7, 3, H, W)
         uint8; None when it crosses a scene cut."""
         raise NotImplementedError
 
     def describe(self) -> str:
-        return f"{self.path} ({self.kind}, {len(self):,} windows)"
+        return f"{self.path} ({self.kind}, {len(self):,} septuplets)"
 
 
 class VimeoSource(Source):
@@ -98,31 +101,31 @@ class VimeoSource(Source):
     def __len__(self) -> int:
         return len(self.septuplets)
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+    def septuplet(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         return _random_crop(read_clip(self.septuplets[index]), size, rng)
 
     def validation_keys(self) -> list[int]:
         return list(range(len(self)))
 
-    def validation_window(self, key: int, size: int) -> Tensor | None:
+    def validation_septuplet(self, key: int, size: int) -> Tensor | None:
         return _to_uint8(_centre_crop(read_clip(self.septuplets[key]), size))
 
 
 class ClipSource(Source):
-    """Folders of numbered frames; every run of 7 consecutive frames is a window."""
+    """Folders of numbered frames; every run of 7 consecutive frames is a septuplet."""
 
     kind = "clips"
 
     def __init__(self, path: Path, clips: list[list[Path]], size: int) -> None:
         self.path = path
-        self.clips = [frames for frames in clips if len(frames) >= WINDOW]
+        self.clips = [frames for frames in clips if len(frames) >= SEPTUPLET]
         if not self.clips:
-            raise StvsrError(f"{path}: no clip has the {WINDOW} frames a training window needs")
+            raise StvsrError(f"{path}: no clip has the {SEPTUPLET} frames a training septuplet needs")
         for frames in self.clips:
             with Image.open(frames[0]) as image:
                 _check_size(frames[0].parent, image.width, image.height, size)
-        counts = [len(frames) - WINDOW + 1 for frames in self.clips]
-        self.starts = torch.tensor([0, *counts]).cumsum(0)  # first window index of each clip
+        counts = [len(frames) - SEPTUPLET + 1 for frames in self.clips]
+        self.starts = torch.tensor([0, *counts]).cumsum(0)  # first septuplet index of each clip
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -130,39 +133,38 @@ class ClipSource(Source):
     def _locate(self, index: int) -> list[Path]:
         clip = int(torch.searchsorted(self.starts, index, right=True)) - 1
         start = index - int(self.starts[clip])
-        return self.clips[clip][start : start + WINDOW]
+        return self.clips[clip][start : start + SEPTUPLET]
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+    def septuplet(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         frames = read_clip(self._locate(index))
         return None if _crosses_cut(frames) else _random_crop(frames, size, rng)
 
     def validation_keys(self) -> list[int]:
         return _every_seventh(self.starts)
 
-    def validation_window(self, key: int, size: int) -> Tensor | None:
+    def validation_septuplet(self, key: int, size: int) -> Tensor | None:
         frames = read_clip(self._locate(key))
         return None if _crosses_cut(frames) else _to_uint8(_centre_crop(frames, size))
 
 
 class VideoSource(Source):
-    """Video files; a window is 7 consecutive decoded frames, found by seeking."""
+    """Video files; a septuplet is 7 consecutive decoded frames, found by seeking."""
 
     kind = "videos"
 
     def __init__(self, path: Path, files: list[Path], size: int) -> None:
-        from .decode import probe  # PyAV is needed only when videos are used
-
         self.path = path
         self.files, self.infos, self.counts = [], [], []
         for file in files:
-            frames, width, height = _probe_video(file)
-            _check_size(file, width, height, size)
-            if frames >= WINDOW:
+            info = probe(file)  # colour matrix and range too, as `stvsr upscale` reads them
+            _check_size(file, info.width, info.height, size)
+            frames = count_frames(info)
+            if frames >= SEPTUPLET:
                 self.files.append(file)
-                self.infos.append(probe(file))  # colour matrix and range, as `stvsr upscale` reads them
-                self.counts.append(frames - WINDOW + 1)
+                self.infos.append(info)
+                self.counts.append(frames - SEPTUPLET + 1)
         if not self.files:
-            raise StvsrError(f"{path}: no video has the {WINDOW} frames a training window needs")
+            raise StvsrError(f"{path}: no video has the {SEPTUPLET} frames a training septuplet needs")
         self.starts = torch.tensor([0, *self.counts]).cumsum(0)
 
     def __len__(self) -> int:
@@ -170,17 +172,21 @@ class VideoSource(Source):
 
     def _decode(self, index: int) -> Tensor | None:
         video = int(torch.searchsorted(self.starts, index, right=True)) - 1
-        frames = _decode_window(self.infos[video], index - int(self.starts[video]))
-        return None if frames is None or _crosses_cut(frames) else frames
+        frames = read_frames(self.infos[video], index - int(self.starts[video]), SEPTUPLET)
+        if len(frames) < SEPTUPLET:  # past the end
+            return None
+        hr = torch.stack([torch.from_numpy(f.astype(np.float32) / np.iinfo(f.dtype).max).permute(2, 0, 1)
+                          for f in frames])  # (7, 3, H, W) in [0, 1]
+        return None if _crosses_cut(hr) else hr
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+    def septuplet(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         frames = self._decode(index)
         return None if frames is None else _random_crop(frames, size, rng)
 
     def validation_keys(self) -> list[int]:
         return _every_seventh(self.starts)
 
-    def validation_window(self, key: int, size: int) -> Tensor | None:
+    def validation_septuplet(self, key: int, size: int) -> Tensor | None:
         frames = self._decode(key)
         return None if frames is None else _to_uint8(_centre_crop(frames, size))
 
@@ -204,9 +210,7 @@ class StillSource(Source):
     def __init__(self, path: Path, images: list[Path], size: int) -> None:
         self.path = path
         self.images = images
-        for image_path in images:
-            with Image.open(image_path) as image:
-                _check_size(image_path, image.width, image.height, size)
+        _check_photo_sizes(images, size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -214,14 +218,14 @@ class StillSource(Source):
     def describe(self) -> str:
         return f"{self.path} (stills, {len(self):,} photos with synthetic camera motion)"
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+    def septuplet(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         photo = read_frame(self.images[index]).float().div(255)
         return camera_move(photo, size, rng)
 
     def validation_keys(self) -> list[int]:
         return list(range(len(self)))
 
-    def validation_window(self, key: int, size: int) -> Tensor | None:
+    def validation_septuplet(self, key: int, size: int) -> Tensor | None:
         photo = read_frame(self.images[key]).float().div(255)
         side = min(size, *photo.shape[-2:]) // SCALE * SCALE
         return _to_uint8(camera_move(photo, side, torch.Generator().manual_seed(key)))
@@ -251,9 +255,7 @@ class ObjectSource(Source):
             raise StvsrError(f"{path}: objects: needs at least 2 photos (a background and an object)")
         self.path = path
         self.images = images
-        for image_path in images:
-            with Image.open(image_path) as image:
-                _check_size(image_path, image.width, image.height, size)
+        _check_photo_sizes(images, size)
 
     def __len__(self) -> int:
         return len(self.images) * self.scenes_per_photo
@@ -261,7 +263,7 @@ class ObjectSource(Source):
     def describe(self) -> str:
         return f"{self.path} (objects, {len(self.images):,} photos as {len(self):,} scenes with moving objects)"
 
-    def window(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
+    def septuplet(self, index: int, size: int, rng: torch.Generator) -> Tensor | None:
         background = index % len(self.images)
         frames = camera_move(read_frame(self.images[background]).float().div(255), size, rng)
         count = 1 + int(torch.randint(self.max_objects, (1,), generator=rng))
@@ -273,10 +275,10 @@ class ObjectSource(Source):
     def validation_keys(self) -> list[int]:
         return list(range(len(self.images)))
 
-    def validation_window(self, key: int, size: int) -> Tensor | None:
+    def validation_septuplet(self, key: int, size: int) -> Tensor | None:
         photo = read_frame(self.images[key])
         side = min(size, *photo.shape[-2:]) // SCALE * SCALE
-        return _to_uint8(self.window(key, side, torch.Generator().manual_seed(key)))
+        return _to_uint8(self.septuplet(key, side, torch.Generator().manual_seed(key)))
 
 
 def _add_moving_object(frames: Tensor, photo: Tensor, rng: torch.Generator) -> Tensor:
@@ -300,7 +302,7 @@ def _add_moving_object(frames: Tensor, photo: Tensor, rng: torch.Generator) -> T
     alpha = ((1 - radius) * min(axes) / 1.5 + 0.5).clamp(0, 1)
     layer = torch.cat([patch * alpha, alpha[None]])  # (4, side, side), colour premultiplied by alpha
 
-    t = torch.arange(WINDOW, dtype=torch.float64) - WINDOW // 2
+    t = torch.arange(SEPTUPLET, dtype=torch.float64) - SEPTUPLET // 2
     speed = _uniform(rng, 0.25, 1.0) * ObjectSource.max_speed
     heading = _uniform(rng, 0, 2 * math.pi)
     velocity = (speed * math.cos(heading), speed * math.sin(heading))
@@ -310,10 +312,10 @@ def _add_moving_object(frames: Tensor, photo: Tensor, rng: torch.Generator) -> T
 
     # Frame pixel X shows layer pixel X - (path - centre); grid_sample wants that in [-1, 1] over the layer.
     pixels = torch.arange(size, dtype=torch.float64)
-    gx = (pixels.view(1, 1, size) - path[:, 0].view(WINDOW, 1, 1) + centre) * (2 / (side - 1)) - 1
-    gy = (pixels.view(1, size, 1) - path[:, 1].view(WINDOW, 1, 1) + centre) * (2 / (side - 1)) - 1
-    grid = torch.stack([gx.expand(WINDOW, size, size), gy.expand(WINDOW, size, size)], dim=-1).float()
-    placed = F.grid_sample(layer.expand(WINDOW, -1, -1, -1), grid, mode="bicubic", padding_mode="zeros",
+    gx = (pixels.view(1, 1, size) - path[:, 0].view(SEPTUPLET, 1, 1) + centre) * (2 / (side - 1)) - 1
+    gy = (pixels.view(1, size, 1) - path[:, 1].view(SEPTUPLET, 1, 1) + centre) * (2 / (side - 1)) - 1
+    grid = torch.stack([gx.expand(SEPTUPLET, size, size), gy.expand(SEPTUPLET, size, size)], dim=-1).float()
+    placed = F.grid_sample(layer.expand(SEPTUPLET, -1, -1, -1), grid, mode="bicubic", padding_mode="zeros",
                            align_corners=True)
     colour, cover = placed[:, :3], placed[:, 3:].clamp(0, 1)
     return (frames * (1 - cover) + colour).clamp(0, 1)
@@ -328,7 +330,7 @@ def camera_move(photo: Tensor, size: int, rng: torch.Generator) -> Tensor:
         photo = F.interpolate(photo[None], size=(height, width), mode="bicubic", antialias=True)[0]
     _, height, width = photo.shape
 
-    t = torch.arange(WINDOW, dtype=torch.float64) - WINDOW // 2  # time, centred on the middle frame
+    t = torch.arange(SEPTUPLET, dtype=torch.float64) - SEPTUPLET // 2  # time, centred on the middle frame
     velocity = [_uniform(rng, -StillSource.max_speed, StillSource.max_speed) for _ in range(2)]
     acceleration = [_uniform(rng, -StillSource.max_acceleration, StillSource.max_acceleration) for _ in range(2)]
     offset = torch.stack([v * t + a * t * t / 2 for v, a in zip(velocity, acceleration)], dim=1)  # (7, 2) x, y
@@ -344,20 +346,20 @@ def camera_move(photo: Tensor, size: int, rng: torch.Generator) -> Tensor:
 
     # affine_grid maps output coordinates in [-1, 1] (over size) to input ones (over W, H).
     half = size / 2
-    theta = torch.zeros(WINDOW, 2, 3, dtype=torch.float64)
+    theta = torch.zeros(SEPTUPLET, 2, 3, dtype=torch.float64)
     theta[:, 0, 0] = 2 / width * zoom * turn.cos() * half
     theta[:, 0, 1] = -2 / width * zoom * turn.sin() * half
     theta[:, 1, 0] = 2 / height * zoom * turn.sin() * half
     theta[:, 1, 1] = 2 / height * zoom * turn.cos() * half
     theta[:, 0, 2] = 2 * centre[:, 0] / width - 1
     theta[:, 1, 2] = 2 * centre[:, 1] / height - 1
-    grid = F.affine_grid(theta.float(), [WINDOW, 3, size, size], align_corners=False)  # (7, size, size, 2)
+    grid = F.affine_grid(theta.float(), [SEPTUPLET, 3, size, size], align_corners=False)  # (7, size, size, 2)
     # all 7 frames in one call: the grids stacked vertically over one image
     frames = F.grid_sample(
-        photo[None], grid.reshape(1, WINDOW * size, size, 2), mode="bicubic", padding_mode="reflection",
+        photo[None], grid.reshape(1, SEPTUPLET * size, size, 2), mode="bicubic", padding_mode="reflection",
         align_corners=False,
     )
-    return quantize(frames.view(3, WINDOW, size, size).transpose(0, 1))
+    return quantize(frames.view(3, SEPTUPLET, size, size).transpose(0, 1))
 
 
 # --- detecting a source ----------------------------------------------------------------------
@@ -420,7 +422,7 @@ def _detect(path: Path) -> str:
     if any(p.is_dir() and _numbered_frames(list_frames(p)) for p in entries):
         return "clips"
     images = list_frames(path)
-    if len(images) >= WINDOW and _numbered_frames(images):
+    if len(images) >= SEPTUPLET and _numbered_frames(images):
         return "clips"  # a single clip: 00000.png, 00001.png, ...
     if images:
         return "stills"
@@ -435,6 +437,12 @@ def _numbered_frames(images: list[Path]) -> bool:
     """Names with digits that differ only in their digits (frame_0001.png, frame_0002.png, ...)."""
     patterns = {re.sub(r"\d+", "#", p.name.lower()) for p in images}
     return len(patterns) == 1 and "#" in patterns.pop()
+
+
+def _check_photo_sizes(images: list[Path], size: int) -> None:
+    for image_path in images:
+        with Image.open(image_path) as image:  # reads the header only
+            _check_size(image_path, image.width, image.height, size)
 
 
 def _check_size(what: Path, width: int, height: int, size: int) -> None:
@@ -459,8 +467,8 @@ class BadData:
 class TrainingSet(Dataset):
     """Sample `index` -> (LR (4, 3, crop, crop), HR (7, 3, 4 crop, 4 crop)), floats in [0, 1].
 
-    Windows are drawn uniformly over all windows of all sources (so a source
-    weighs as much as it holds; a photo counts as one window). Augmentation:
+    Septuplets are drawn uniformly over all septuplets of all sources (so a source
+    weighs as much as it holds; a photo counts as one septuplet). Augmentation:
     the 8 flips and 90-degree rotations of the square crop, and reversed time,
     each equally likely. All randomness comes from a generator seeded with
     (seed, index), so a sample never depends on which process or worker made it.
@@ -486,12 +494,12 @@ class TrainingSet(Dataset):
         for _ in range(DRAWS):
             which = int(torch.randint(len(self), (1,), generator=rng))
             source = int(torch.searchsorted(self.starts, which, right=True)) - 1
-            hr = self.sources[source].window(which - int(self.starts[source]), self.size, rng)
+            hr = self.sources[source].septuplet(which - int(self.starts[source]), self.size, rng)
             if hr is not None:
                 hr = augment(hr, rng)
                 return make_lr(hr[0::2]), hr
         raise StvsrError(
-            f"{DRAWS} windows drawn in a row crossed scene cuts or ran past the end of a video; "
+            f"{DRAWS} septuplets drawn in a row crossed scene cuts or ran past the end of a video; "
             "is a folder of unrelated photos being read as a clip? Name it stills:FOLDER"
         )
 
@@ -517,17 +525,19 @@ def collate(samples: list[tuple[Tensor, Tensor] | BadData]) -> tuple[Tensor, Ten
 
 
 def validation_set(specs: Sequence[str | Path], size: int, limit: int) -> list[Tensor]:
-    """At most `limit` HR windows (7, 3, H, W) uint8, evenly spread over the sources'
-    non-overlapping windows; only the chosen ones are read. Windows that cross
+    """At most `limit` HR septuplets (7, 3, H, W) uint8, evenly spread over the sources'
+    non-overlapping septuplets; only the chosen ones are read. Septuplets that cross
     a scene cut are left out, so there can be fewer."""
     candidates = [(source, key) for spec in specs for source in [open_source(spec, 0, validation=True)]
                   for key in source.validation_keys()]
     if len(candidates) > limit:
         candidates = [candidates[round(i * (len(candidates) - 1) / max(limit - 1, 1))] for i in range(limit)]
-    windows = [window for source, key in candidates if (window := source.validation_window(key, size)) is not None]
-    if not windows:
-        raise StvsrError(f"no validation window of {WINDOW} frames without a scene cut in {', '.join(map(str, specs))}")
-    return windows
+    septuplets = [septuplet for source, key in candidates
+                  if (septuplet := source.validation_septuplet(key, size)) is not None]
+    if not septuplets:
+        raise StvsrError(f"no validation septuplet of {SEPTUPLET} frames without a scene cut in "
+                         f"{', '.join(map(str, specs))}")
+    return septuplets
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -553,8 +563,9 @@ def _centre_crop(frames: Tensor, size: int) -> Tensor:
 
 
 def _every_seventh(starts: Tensor) -> list[int]:
-    """Window indices 0, 7, 14, ... of each clip or video, given where each one's windows start."""
-    return [key for first, end in zip(starts[:-1].tolist(), starts[1:].tolist()) for key in range(first, end, WINDOW)]
+    """Septuplet indices 0, 7, 14, ... of each clip or video, given where each one's septuplets start."""
+    return [key for first, end in zip(starts[:-1].tolist(), starts[1:].tolist())
+            for key in range(first, end, SEPTUPLET)]
 
 
 def _to_uint8(frames: Tensor) -> Tensor:
@@ -563,66 +574,3 @@ def _to_uint8(frames: Tensor) -> Tensor:
 
 def _crosses_cut(frames: Tensor) -> bool:
     return any(scene_change(a, b) > DEFAULT_SCENE_THRESHOLD for a, b in zip(frames[:-1], frames[1:]))
-
-
-# --- video decoding (PyAV, imported only when a video is used) ---------------------------------------
-
-
-def _open_video(path: Path):
-    try:
-        import av
-    except ImportError:
-        raise StvsrError(f"{path}: reading videos needs PyAV (pip install av); or train on folders of frames") from None
-    try:
-        return av.open(str(path))
-    except av.error.FFmpegError as error:
-        raise StvsrError(f"{path}: not a readable video ({error})") from None
-
-
-def _probe_video(path: Path) -> tuple[int, int, int]:
-    """Frame count, width and height; the count from the packets when the header has none."""
-    with _open_video(path) as container:
-        if not container.streams.video:
-            raise StvsrError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
-        frames = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
-        return frames, stream.codec_context.width, stream.codec_context.height
-
-
-def _decode_window(info: VideoInfo, start: int) -> Tensor | None:
-    """Frames start .. start + 6 of a video as (7, 3, H, W) in [0, 1]; None past the end.
-
-    Seeks to the key frame before the window and decodes forward to it;
-    frames are matched by their presentation time at the stream's frame rate.
-    Colour is converted by `decode.frame_to_rgb`, with the video's own matrix
-    and range, so the network trains on the colours `stvsr upscale` feeds it.
-    """
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    from .decode import frame_to_rgb
-
-    path = info.path
-    reformatter = VideoReformatter()
-
-    with _open_video(path) as container:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        origin = stream.start_time or 0
-        step = 1 / (rate * stream.time_base)  # one frame in time-base units
-        target = origin + int(round(start * step))
-        frames = []
-        try:
-            container.seek(target, stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
-                if frame.pts is not None and frame.pts < target - step / 2:
-                    continue
-                rgb = frame_to_rgb(frame, info, reformatter)  # (H, W, 3) uint8, or uint16 when deep
-                frames.append(torch.from_numpy(rgb.astype(np.float32) / np.iinfo(rgb.dtype).max).permute(2, 0, 1))
-                if len(frames) == WINDOW:
-                    break
-        except av.error.FFmpegError as error:
-            raise StvsrError(f"{path}: decoding failed near frame {start} ({error})") from None
-    if len(frames) < WINDOW:
-        return None
-    return torch.stack(frames)

@@ -4,6 +4,8 @@
 rate, colour, rotation, the other streams the encoder will copy) and turns
 every way a file can be unusable into one `StvsrError`. `decode` then yields
 the frames one at a time, so memory stays flat however long the video is.
+Training reads short runs of frames at random places instead
+(`count_frames`, `read_frames`), with the same colour conversion.
 
 Colour. Frames come out as RGB in the source's own colour space: the YUV->RGB
 matrix and range are the file's (or, when it does not say, the guess players
@@ -213,6 +215,44 @@ def decode(info: VideoInfo) -> Iterator[np.ndarray]:
             "%s has a variable frame rate; made it constant at %s fps by repeating %d and dropping %d frames",
             info.path, f"{float(info.fps):.5g}", repeated, dropped,
         )
+
+
+def count_frames(info: VideoInfo) -> int:
+    """The frames of the video stream as its header counts them, or as its
+    packets do where the header does not: exact, for training's random access
+    (`VideoInfo.frame_count` is an estimate for a progress bar)."""
+    with _open(info.path) as container:
+        stream = _video_stream(container, info.path)
+        return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def read_frames(info: VideoInfo, start: int, count: int) -> list[np.ndarray]:
+    """Frames `start` .. `start + count - 1` as `frame_to_rgb` gives them
+    (fewer at the end of the video), for training.
+
+    Seeks to the key frame before `start` and decodes forward to it; frames
+    are matched by their presentation time at the stream's frame rate. Not
+    `decode`'s constant-rate grid: training reads videos whose frames are
+    evenly spaced already, and a run of them from anywhere in the file.
+    """
+    reformatter = VideoReformatter()
+    frames: list[np.ndarray] = []
+    with _open(info.path) as container:
+        stream = _video_stream(container, info.path)
+        rate = stream.average_rate or stream.guessed_rate
+        step = 1 / (rate * stream.time_base)  # one frame in time-base units
+        target = (stream.start_time or 0) + int(round(start * step))
+        try:
+            container.seek(target, stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is not None and frame.pts < target - step / 2:
+                    continue
+                frames.append(frame_to_rgb(frame, info, reformatter))
+                if len(frames) == count:
+                    break
+        except av.FFmpegError as error:
+            raise StvsrError(f"{info.path}: decoding failed near frame {start} ({error})") from None
+    return frames
 
 
 # The last frames a cut can leave after a gap: the reference frames that B

@@ -159,6 +159,10 @@ class EncodeOptions:
     audio: bool = True
     extra: tuple[tuple[str, str], ...] = ()  # --encoder-opt KEY=VALUE, passed on as -KEY VALUE
 
+    def __post_init__(self) -> None:  # the range of crf depends on the encoder: `check_encoder`
+        if self.crf is not None and self.crf < 0:
+            raise StvsrError(f"--crf must not be negative (got {self.crf})")
+
 
 # ---------------------------------------------------------------- checks
 

@@ -78,7 +78,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from . import metrics, motion
-from .errors import StvsrError
+from .decode import decode, probe
+from .errors import StvsrError, first_line
+from .files import write_atomically
 from .frames import (
     crop_to_multiple,
     is_vimeo_root,
@@ -89,10 +91,9 @@ from .frames import (
     save_frame,
     vimeo_septuplets,
 )
-from .inference import Upscaler
+from .inference import WindowUpscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
-from .weights import write_atomically
 
 log = logging.getLogger("stvsr")
 
@@ -150,6 +151,9 @@ class EvalOptions:
     lists: tuple[str, ...] = ()  # Vimeo-90K list files; () is sep_testlist.txt
     baselines: bool = False
     save: Path | None = None  # write the model's predicted frames as save/<clip>/00000.png ...
+
+    def __post_init__(self) -> None:
+        check_run_options(self.tile, self.tile_overlap, self.batch)
 
 
 @dataclass(frozen=True)
@@ -279,8 +283,6 @@ def find_clips(data: str | os.PathLike, lists: Sequence[str] = ()) -> list[Clip]
     if not data.is_dir():
         if lists:
             raise StvsrError(f"--list names Vimeo-90K list files, but {data} is a file")
-        from .decode import probe  # PyAV, only for videos
-
         info = probe(data)  # refuses what is not a readable video, in one line
         return [Clip(name=data.stem, gt=(), video=data, video_frames=info.frame_count or 0)]
     if is_vimeo_root(data):
@@ -340,7 +342,6 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
     if not any(clip.video is not None or clip.gt_frames >= MIN_GT_FRAMES for clip in clips):
         raise StvsrError(f"no clip in {data} has the {MIN_GT_FRAMES} GT frames an evaluation needs "
                          "(2 inputs and the frame between them)")
-    check_run_options(options.tile, options.tile_overlap, options.batch)
     upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
     report = score_clips(clips, upscaler, options, progress)
     weights = options.weights if options.weights is not None else "the shipped default weights"
@@ -348,7 +349,7 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
                                device=str(upscaler.device))
 
 
-def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions = EvalOptions(),
+def score_clips(clips: Sequence[Clip], upscaler: WindowUpscaler, options: EvalOptions = EvalOptions(),
                 progress: Progress | None = None) -> EvalReport:
     """Score a network already in memory, wrapped as `Upscaler(model)` (which
     puts the model in eval mode), on `clips`. `options.weights`, `device` and
@@ -362,12 +363,12 @@ def score_clips(clips: Sequence[Clip], upscaler: Upscaler, options: EvalOptions 
         raise StvsrError(f"no clip has the {MIN_GT_FRAMES} GT frames an evaluation needs")
     rows = (MODEL, *BASELINES) if options.baselines else (MODEL,)
     total = sum(clip.scored for clip in usable) or None  # None: unknown (a video without a frame count)
-    done = [0]
+    scored = itertools.count(1)  # next(scored): the frames scored so far, this one included
 
     def step() -> None:
-        done[0] += 1
+        frames = next(scored)
         if progress:
-            progress(done[0], total)
+            progress(frames, total)
 
     if progress:
         progress(0, total)  # the work starts: a rate is measured from here
@@ -443,8 +444,6 @@ class _VideoReader:
     """
 
     def __init__(self, clip: Clip, scale: int) -> None:
-        from .decode import decode, probe
-
         self.clip, self.scale = clip, scale
         self.info = probe(clip.video)
         self.full = (self.info.width, self.info.height)
@@ -516,7 +515,7 @@ def _open_reader(clip: Clip, scale: int) -> _ClipReader | _VideoReader:
     return _VideoReader(clip, scale) if clip.video is not None else _ClipReader(clip, scale)
 
 
-def _score_clip(clip: Clip, upscaler: Upscaler, options: EvalOptions, rows: tuple[str, ...],
+def _score_clip(clip: Clip, upscaler: WindowUpscaler, options: EvalOptions, rows: tuple[str, ...],
                 step: Callable[[], None]) -> ClipResult:
     scale = upscaler.scale
     save = Path(options.save) / clip.name if options.save is not None else None
@@ -649,9 +648,8 @@ class _MotionCompensated:
             process.stdin.close()
             if process.wait() != 0:
                 errors.seek(0)
-                message = errors.read().decode(errors="replace").strip().splitlines()
-                raise StvsrError(f"ffmpeg's minterpolate failed on {clip.name}: "
-                                 f"{message[0] if message else f'exit status {process.returncode}'}")
+                reason = first_line(errors.read().decode(errors="replace"), f"exit status {process.returncode}")
+                raise StvsrError(f"ffmpeg's minterpolate failed on {clip.name}: {reason}")
         except BrokenPipeError:
             process.wait()
             raise StvsrError(f"ffmpeg's minterpolate stopped early on {clip.name}") from None
@@ -688,15 +686,6 @@ def _score(index: int, prediction: Tensor, gt: Tensor) -> FrameScore:
 
 
 # --- writing results -----------------------------------------------------------------------------
-
-
-def check_output_file(path: str | os.PathLike, option: str) -> None:
-    """Refuse an output file whose folder does not exist, before an hour of work."""
-    path = Path(path)
-    if path.is_dir():
-        raise StvsrError(f"{option} {path} is a folder; give a file name")
-    if not path.parent.is_dir():
-        raise StvsrError(f"{option} {path}: folder {path.parent} does not exist; create it first")
 
 
 def write_json(report: EvalReport, path: str | os.PathLike) -> None:

@@ -3,12 +3,15 @@
 `Upscaler` is the one object that knows the network's value range, the size
 multiple it needs (padding and cropping), the device and the precision.
 Code outside it hands over frames and never thinks about padding again.
+`WindowUpscaler` names what that code relies on, so tests can hand it a
+stand-in network.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +22,26 @@ from .networks import Network
 from .weights import load_model
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@runtime_checkable
+class WindowUpscaler(Protocol):
+    """What `stream.upscale_frames` and `evaluate.score_clips` need of a
+    network: `Upscaler` is one, and tests pass stand-ins (a network that
+    blends frames linearly, or outputs one grey level) to check the
+    windowing, stitching and scoring exactly."""
+
+    @property
+    def input_frames(self) -> int:  # n + 1 LR frames a window
+        ...
+
+    @property
+    def scale(self) -> int:  # of the width and height
+        ...
+
+    def __call__(self, frames: Tensor) -> Tensor:
+        """(B, n+1, 3, H, W) LR frames, floats in [0, 1] or uint8 -> (B, 2n+1, 3, scale*H, scale*W) floats in [0, 1]."""
+        ...
 
 
 def resolve_device(name: str = "auto") -> torch.device:

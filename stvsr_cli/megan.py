@@ -44,6 +44,7 @@ from .layers import (
     NonLocalBlock,
     PCDAlignment,
     ResidualBlock,
+    check_frames,
     conv3x3,
     empty_frames_like,
     flatten_frames,
@@ -385,7 +386,7 @@ class MEGAN(nn.Module):
         )
 
     def forward(self, frames: Tensor) -> Tensor:
-        self._check_input(frames)
+        check_frames(frames, self.config.input_frames, self.size_multiple, "MEGAN")
         b, n1, _, h, w = frames.shape
         flows = motion.pair_flows(frames) if self.config.motion_prior else None  # (B, n, 2, H, W) twice
         maps = frames.flatten(0, 1)  # (B * (n+1), 3, H, W)
@@ -445,15 +446,6 @@ class MEGAN(nn.Module):
         enlarged = F.interpolate(frames.flatten(0, 1), scale_factor=self.scale, mode="bicubic", align_corners=False)
         return enlarged.view(b, n1, c, self.scale * h, self.scale * w)
 
-    def _check_input(self, frames: Tensor) -> None:
-        expected = f"(B, {self.config.input_frames}, 3, H, W) with H and W multiples of {self.size_multiple}"
-        if frames.dim() != 5 or frames.shape[1] != self.config.input_frames or frames.shape[2] != 3:
-            raise ValueError(f"MEGAN takes frames shaped {expected}, got {tuple(frames.shape)}")
-        if frames.shape[-2] % self.size_multiple or frames.shape[-1] % self.size_multiple:
-            raise ValueError(
-                f"MEGAN takes frames shaped {expected}, got {tuple(frames.shape)}; "
-                "stvsr_cli.Upscaler pads other sizes"
-            )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .errors import StvsrError
-from .inference import Upscaler
+from .inference import Upscaler, WindowUpscaler
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, upscale_tiled
 from .weights import default_weights_path, is_untrained
 from .windows import Emit, Stitcher, Window, WindowPlanner
@@ -38,7 +38,7 @@ log = logging.getLogger("stvsr")
 
 def upscale_frames(
     frames: Iterable[tuple[Tensor, bool]],
-    upscaler: Upscaler,
+    upscaler: WindowUpscaler,
     *,
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
@@ -77,7 +77,7 @@ def upscale_frames(
     yield from _run(pending + planner.finish(), stitcher, upscaler, tile, overlap, batch, index, wanted)
 
 
-def _run(items: list[Window[Tensor] | Emit], stitcher: Stitcher, upscaler: Upscaler,
+def _run(items: list[Window[Tensor] | Emit], stitcher: Stitcher, upscaler: WindowUpscaler,
          tile: int, overlap: int, batch: int, index: Iterator[int], wanted: Callable[[int], bool]) -> Iterator[Tensor]:
     """Run a batch's windows through the network, then emit its frames."""
     windows = [item for item in items if isinstance(item, Window)]

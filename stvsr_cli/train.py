@@ -29,9 +29,9 @@ Choices made here:
   previous one usable. `--resume` continues from it exactly: on the CPU the
   weights equal an uninterrupted run's bit for bit.
 - Validation here is a quick check: the PSNR on Y (`metrics.psnr_y`) of
-  every output frame of 7-frame windows of the validation data, inputs
-  made with `frames.make_lr` from frames 0, 2, 4, 6, windows centre-cropped
-  to `val_size` so memory stays bounded, averaged over windows. `stvsr
+  every output frame of septuplets (7 HR frames) of the validation data,
+  inputs made with `frames.make_lr` from frames 0, 2, 4, 6, septuplets
+  centre-cropped to `val_size` so memory stays bounded, averaged over them. `stvsr
   eval` is the full protocol (whole frames, SSIM, per-clip averages).
 """
 
@@ -60,10 +60,12 @@ from . import __version__
 from .config import MEGANConfig, NetworkConfig, config_from_dict, preset
 from .data import BadData, TrainingSet, collate, open_source, validation_set
 from .errors import StvsrError
+from .files import write_atomically
 from .frames import SCALE, make_lr
 from .inference import PRECISIONS, Upscaler, resolve_device, resolve_precision
-from .networks import Network, build_network
 from .metrics import psnr_y
+from .networks import Network, build_network
+from .options import MOTION_PRIORS, RECIPE, TrainOptions
 from .runlog import RunLog, progress_bar
 from .weights import (
     clean_state_dict,
@@ -71,73 +73,12 @@ from .weights import (
     open_weights,
     read_checkpoint,
     save_weights,
-    write_atomically,
 )
 
 log = logging.getLogger("stvsr")
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "stvsr-train-checkpoint"
-# What makes one run the same run: --resume refuses to continue with different values.
-RECIPE = ("preset", "init", "motion_prior", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
-MOTION_PRIORS = {"none": 0, "flow": 1}  # --motion-prior: MEGANConfig.motion_prior
-
-
-@dataclass
-class TrainOptions:
-    """Everything a training run needs; the defaults are the paper's recipe."""
-
-    data: Sequence[str | Path]  # sources, detected by layout (see stvsr_cli.data)
-    out: Path  # the run folder
-    preset: str | None = None  # network size for a new run; "paper" unless `init` gives one
-    init: Path | None = None  # start from these weights (a weights file or a checkpoint)
-    # "flow" or "none": set MEGANConfig.motion_prior of the preset or of the `init` weights (it adds no
-    # parameters, so weights trained without the prior can be fine-tuned with it); None keeps it
-    motion_prior: str | None = None
-    resume: bool = False  # continue from out/checkpoint.pt
-    iters: int = 20_000
-    batch: int = 16
-    lr: float = 1e-4
-    lr_min: float = 1e-7
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-3  # Charbonnier epsilon
-    crop: int = 32  # LR crop side; the HR crop is 4x
-    seed: int = 0
-    val: Sequence[str | Path] = ()
-    val_every: int = 1000
-    val_windows: int = 32  # at most this many validation windows
-    val_size: int = 256  # HR centre crop of a validation window
-    save_every: int = 1000
-    log_every: int = 10
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    max_bad_steps: int = 10
-    quiet: bool = False
-
-    def check(self) -> None:
-        positive = ("iters", "batch", "crop", "val_every", "val_windows", "val_size", "save_every", "log_every")
-        problems = [f"--{name.replace('_', '-')} must be positive" for name in positive if getattr(self, name) < 1]
-        if not self.data:
-            problems.append("give at least one DATA source")
-        if not 0 < self.lr_min <= self.lr:
-            problems.append(f"need 0 < --lr-min <= --lr (got {self.lr_min} and {self.lr})")
-        if self.eps <= 0:
-            problems.append("--eps must be positive")
-        if self.workers < 0:
-            problems.append("--workers must not be negative")
-        if self.preset is not None and self.init is not None:
-            problems.append("--init's weights define the network; drop --preset")
-        if self.motion_prior is not None and self.motion_prior not in MOTION_PRIORS:
-            problems.append(f"--motion-prior must be one of {', '.join(MOTION_PRIORS)} (got {self.motion_prior!r})")
-        if problems:
-            raise StvsrError("; ".join(problems))
-
-    def recipe(self) -> dict:
-        values = {name: getattr(self, name) for name in RECIPE}
-        values["init"] = None if self.init is None else str(self.init)
-        values["betas"] = [float(beta) for beta in self.betas]
-        return values
 
 
 @dataclass
@@ -166,7 +107,98 @@ def train(options: TrainOptions) -> TrainResult:
             dist.destroy_process_group()
 
 
+@dataclass
+class Interval:
+    """What the next line of log.jsonl averages: the steps since the last one.
+
+    A checkpoint keeps it (as the list [loss_sum, finite_steps, steps]), so
+    after `--resume` the next line averages the same steps as it would have.
+    """
+
+    loss_sum: float = 0.0  # of the finite losses
+    finite_steps: int = 0  # steps whose loss was finite (and applied)
+    steps: int = 0  # all steps, skipped ones included
+
+    @property
+    def mean_loss(self) -> float | None:
+        return self.loss_sum / self.finite_steps if self.finite_steps else None
+
+    def to_list(self) -> list:
+        return [self.loss_sum, self.finite_steps, self.steps]
+
+    @classmethod
+    def from_list(cls, values: Sequence) -> Interval:
+        return cls(*values)
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds and `--resume` restores, besides the RNG states."""
+
+    model: Network
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    options: TrainOptions
+    step: int = 0
+    best: float | None = None  # best validation PSNR-Y so far
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    interval: Interval = field(default_factory=Interval)
+
+
+@dataclass
+class _Run:
+    """One process's training run: its state and what it trains with, built once by `_start_run`."""
+
+    state: TrainState
+    rank: int
+    world: int
+    device: torch.device
+    precision: str  # the training precision's name, for validation
+    run_dir: Path
+    console: Console
+    network: torch.nn.Module  # the model, or its DistributedDataParallel wrapper
+    sources: list  # the training data (data.open_source)
+    validation: list[Tensor]  # septuplets, (7, 3, H, W) uint8
+    runlog: RunLog | None  # rank 0 only
+    autocast: object
+    last_loss: float | None = None  # mean loss of the last logged interval
+    bad_in_a_row: int = 0
+    seconds: float = 0.0  # loading and training time of the interval (validation and saving excluded)
+
+    def due(self, every: int) -> bool:
+        return self.state.step % every == 0 or self.state.step == self.state.options.iters
+
+
 def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -> TrainResult:
+    run = _start_run(options, rank, world, device)
+    state, pace = run.state, _Pace()
+    with progress_bar(run.console, enabled=not options.quiet and rank == 0) as progress:
+        task = progress.add_task("train", total=options.iters, completed=state.step, loss="-", lr="-")
+        mark = time.perf_counter()
+        for batch in _loader(run):
+            loss_value = _step(run, batch)
+            progress.update(task, advance=1, loss=f"{loss_value:.4f}", lr=f"{state.schedule.get_last_lr()[0]:.2e}")
+            elapsed = time.perf_counter() - mark
+            run.seconds += elapsed
+            if pace.add(elapsed) and rank == 0:
+                _report_pace(progress.console, pace.per_step, options.iters - state.step, device)
+            if run.due(options.log_every):
+                _log(run)
+            if run.validation and run.due(options.val_every):
+                _validate(run, progress.console)
+            if run.due(options.save_every):
+                _save(run)
+            mark = time.perf_counter()
+
+    if rank == 0 and state.step >= options.iters:
+        save_weights(state.model, run.run_dir / "last.safetensors", description=f"stvsr train: step {state.step}")
+        run.runlog.plot()
+    return TrainResult(run.run_dir, state.step, run.last_loss, state.best, state.skipped, state.model.eval())
+
+
+def _start_run(options: TrainOptions, rank: int, world: int, device: torch.device) -> _Run:
+    """Check the run folder, open the data, build the network and its optimiser, fresh or from the checkpoint."""
     if options.batch % world:
         raise StvsrError(f"--batch {options.batch} does not split over {world} processes; make it a multiple")
     run_dir = Path(options.out)
@@ -175,141 +207,167 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
     _barrier(world)  # every process has looked at the run folder before rank 0 writes to it
 
     dtype = resolve_precision(options.precision, device, training=True)
-    precision = next(name for name, value in PRECISIONS.items() if value == dtype)  # for validation
     sources = [open_source(spec, options.crop * SCALE) for spec in options.data]
-    windows = validation_set(options.val, options.val_size, options.val_windows) if options.val else []
+    septuplets = validation_set(options.val, options.val_size, options.val_windows) if options.val else []
     for source in sources:
         console.print(f"data: {source.describe()}")
-    if windows:
-        console.print(f"validation: {len(windows)} windows from {', '.join(map(str, options.val))}")
+    if septuplets:
+        console.print(f"validation: {len(septuplets)} septuplets from {', '.join(map(str, options.val))}")
 
-    # The network, optimiser and schedule, fresh or as the checkpoint left them.
-    initial = None
+    state = _new_state(options, checkpoint, device, dtype)
     if checkpoint is not None:
-        config = config_from_dict(checkpoint.get("network", "megan"), checkpoint["config"])
-    elif options.init is not None:
+        _restore(state, checkpoint, run_dir, rank, device)
+    else:
+        torch.manual_seed(options.seed + 1 + rank)  # LMGA's random memory draws
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the crop size never changes
+    network = state.model
+    if world > 1:
+        network = DistributedDataParallel(state.model, device_ids=[device] if device.type == "cuda" else None)
+
+    console.print(
+        f"network: {state.model.num_parameters():,} parameters ({_describe(options, checkpoint)}); "
+        f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es); "
+        f"step {state.step} of {options.iters}"
+    )
+    runlog = RunLog(run_dir, keep_until=state.step) if rank == 0 else None
+    if rank == 0 and checkpoint is None:
+        _write_options(run_dir, options, state.model.config)
+    return _Run(
+        state=state, rank=rank, world=world, device=device, run_dir=run_dir, console=console, network=network,
+        precision=next(name for name, value in PRECISIONS.items() if value == dtype),
+        sources=sources, validation=septuplets, runlog=runlog,
+        autocast=torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext(),
+    )
+
+
+def _network_config(options: TrainOptions, checkpoint: dict | None) -> tuple[NetworkConfig, object]:
+    """The network to train, and the weights to start it from (None: the seed's): the checkpoint's
+    network, `--init`'s, or a preset, with `--motion-prior` applied to a new run."""
+    if checkpoint is not None:
+        return config_from_dict(checkpoint.get("network", "megan"), checkpoint["config"]), None
+    initial = None
+    if options.init is not None:
         initial = open_weights(options.init)
         config = initial.config
     else:
         config = preset(options.preset or "paper")
-    if checkpoint is None and options.motion_prior is not None:
+    if options.motion_prior is not None:
         if not isinstance(config, MEGANConfig):
             raise StvsrError(f"--motion-prior is MEGAN's; the {config.title} network has none, so drop the option")
         config = dataclasses.replace(config, motion_prior=MOTION_PRIORS[options.motion_prior])
+    return config, initial
+
+
+def _new_state(options: TrainOptions, checkpoint: dict | None, device: torch.device, dtype: torch.dtype) -> TrainState:
+    """The network (seeded by --seed, or --init's weights), Adam and the cosine schedule at step 0."""
+    config, initial = _network_config(options, checkpoint)
     torch.manual_seed(options.seed)
     model = build_network(config)
     if initial is not None:
         initial.load_into(model, options.init)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, betas=tuple(options.betas))
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.iters, eta_min=options.lr_min)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step, best, skipped = 0, None, 0
-    interval = [0.0, 0, 0]  # since the last log line: sum of finite losses, their steps, all steps
-    if checkpoint is not None:
-        load_state_strict(model, checkpoint["model"], source=str(run_dir / CHECKPOINT))
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["scheduler"])
-        if scaler.is_enabled() and checkpoint["scaler"]:  # empty when the run so far was not fp16
-            scaler.load_state_dict(checkpoint["scaler"])
-        step, best, skipped = checkpoint["step"], checkpoint["best_psnr"], checkpoint["skipped_steps"]
-        interval = list(checkpoint["interval"])
-        _restore_rng(checkpoint["rng"], rank, device, fallback=options.seed + 1 + rank + step)
-    else:
-        torch.manual_seed(options.seed + 1 + rank)  # LMGA's random memory draws
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # the crop size never changes
-    network = model
-    if world > 1:
-        network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-    console.print(
-        f"network: {model.num_parameters():,} parameters ({_describe(options, checkpoint)}); "
-        f"device {device}, {str(dtype).removeprefix('torch.')}, {world} process(es); step {step} of {options.iters}"
+    return TrainState(
+        model=model,
+        optimizer=optimizer,
+        schedule=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.iters, eta_min=options.lr_min),
+        scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        options=options,
     )
-    log = RunLog(run_dir, keep_until=step) if rank == 0 else None
-    if rank == 0 and checkpoint is None:
-        _write_options(run_dir, options, config)
 
-    loader = DataLoader(
-        TrainingSet(sources, options.crop, options.seed),
-        batch_sampler=_StepBatches(step, options.iters, options.batch, rank, world),
+
+def _restore(state: TrainState, checkpoint: dict, run_dir: Path, rank: int, device: torch.device) -> None:
+    """Put `state` and this process's RNG back as `save_checkpoint` found them."""
+    load_state_strict(state.model, checkpoint["model"], source=str(run_dir / CHECKPOINT))
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.schedule.load_state_dict(checkpoint["scheduler"])
+    if state.scaler.is_enabled() and checkpoint["scaler"]:  # empty when the run so far was not fp16
+        state.scaler.load_state_dict(checkpoint["scaler"])
+    state.step, state.best, state.skipped = checkpoint["step"], checkpoint["best_psnr"], checkpoint["skipped_steps"]
+    state.interval = Interval.from_list(checkpoint["interval"])
+    _restore_rng(checkpoint["rng"], rank, device, fallback=state.options.seed + 1 + rank + state.step)
+
+
+def _loader(run: _Run) -> DataLoader:
+    """The batches of the steps left, this process's share of each."""
+    options = run.state.options
+    return DataLoader(
+        TrainingSet(run.sources, options.crop, options.seed),
+        batch_sampler=_StepBatches(run.state.step, options.iters, options.batch, run.rank, run.world),
         num_workers=options.workers,
         collate_fn=collate,
-        pin_memory=device.type == "cuda",
+        pin_memory=run.device.type == "cuda",
         prefetch_factor=4 if options.workers else None,
         generator=torch.Generator(),  # the loader must not draw from the global RNG (exact resume)
     )
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    last_loss, bad_in_a_row, seconds, mark = None, 0, 0.0, time.perf_counter()
-    pace = _Pace()
 
-    with progress_bar(console, enabled=not options.quiet and rank == 0) as progress:
-        task = progress.add_task("train", total=options.iters, completed=step, loss="-", lr="-")
-        for batch in loader:
-            if isinstance(batch, BadData):
-                raise StvsrError(batch.message)
-            lr_frames, hr_frames = (t.to(device, non_blocking=True) for t in batch)
-            loss_value, applied = _optimise(network, optimizer, scaler, lr_frames, hr_frames, options.eps, autocast,
-                                            world)
-            if applied:
-                bad_in_a_row = 0
-                interval[0] += loss_value
-                interval[1] += 1
-            else:
-                skipped += 1
-                bad_in_a_row += 1
-                if bad_in_a_row >= options.max_bad_steps:
-                    raise StvsrError(
-                        f"stopped at step {step + 1}: {bad_in_a_row} steps in a row had a non-finite loss or "
-                        f"gradient; the weights of step {step} are intact. Try a lower --lr, --precision fp32, "
-                        "or --resume from the last checkpoint"
-                    )
-            with warnings.catch_warnings():  # after a skipped first step PyTorch warns of an order that is intended
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                schedule.step()
-            step += 1
-            interval[2] += 1
-            progress.update(task, advance=1, loss=f"{loss_value:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
-            elapsed = time.perf_counter() - mark  # loading and training; validation and saving excluded
-            seconds += elapsed
-            if pace.add(elapsed) and rank == 0:
-                _report_pace(progress.console, pace.per_step, options.iters - step, device)
 
-            if step % options.log_every == 0 or step == options.iters:
-                last_loss = interval[0] / interval[1] if interval[1] else None
-                if log is not None:
-                    log.write({
-                        "step": step,
-                        "loss": last_loss,
-                        "lr": schedule.get_last_lr()[0],
-                        "it_per_s": round(interval[2] / seconds, 4),
-                        "skipped_steps": skipped,
-                    })
-                interval, seconds = [0.0, 0, 0], 0.0
-            if windows and (step % options.val_every == 0 or step == options.iters):
-                score = validate(model, windows, device, precision, rank, world)
-                improved = best is None or score > best
-                best = score if improved else best
-                if log is not None:
-                    log.write({"step": step, "val_psnr_y": round(score, 4), "val_windows": len(windows),
-                               "best": improved})
-                    if improved:
-                        save_weights(model, run_dir / "best.safetensors",
-                                     description=f"stvsr train: step {step}, validation PSNR-Y {score:.2f} dB")
-                    log.plot()
-                progress.console.print(f"step {step}: validation PSNR-Y {score:.2f} dB{' (best)' * improved}")
-            if step % options.save_every == 0 or step == options.iters:
-                rng = _gather_rng(device, world)
-                if rank == 0:
-                    save_checkpoint(run_dir / CHECKPOINT, model, optimizer, schedule, scaler, step, best, skipped,
-                                    interval, rng, options)
-            mark = time.perf_counter()
+def _step(run: _Run, batch) -> float:
+    """One training step on `batch`, counted; its loss. Too many non-finite steps in a row stop the run."""
+    if isinstance(batch, BadData):
+        raise StvsrError(batch.message)
+    state, options = run.state, run.state.options
+    lr_frames, hr_frames = (t.to(run.device, non_blocking=True) for t in batch)
+    loss_value, applied = _optimise(run.network, state.optimizer, state.scaler, lr_frames, hr_frames, options.eps,
+                                    run.autocast, run.world)
+    if applied:
+        run.bad_in_a_row = 0
+        state.interval.loss_sum += loss_value
+        state.interval.finite_steps += 1
+    else:
+        state.skipped += 1
+        run.bad_in_a_row += 1
+        if run.bad_in_a_row >= options.max_bad_steps:
+            raise StvsrError(
+                f"stopped at step {state.step + 1}: {run.bad_in_a_row} steps in a row had a non-finite loss or "
+                f"gradient; the weights of step {state.step} are intact. Try a lower --lr, --precision fp32, "
+                "or --resume from the last checkpoint"
+            )
+    with warnings.catch_warnings():  # after a skipped first step PyTorch warns of an order that is intended
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        state.schedule.step()
+    state.step += 1
+    state.interval.steps += 1
+    return loss_value
 
-    if rank == 0 and step >= options.iters:
-        save_weights(model, run_dir / "last.safetensors", description=f"stvsr train: step {step}")
-        log.plot()
-    return TrainResult(run_dir, step, last_loss, best, skipped, model.eval())
+
+def _log(run: _Run) -> None:
+    """A line of log.jsonl: the interval's mean loss and speed; then a new interval."""
+    state = run.state
+    run.last_loss = state.interval.mean_loss
+    if run.runlog is not None:
+        run.runlog.write({
+            "step": state.step,
+            "loss": run.last_loss,
+            "lr": state.schedule.get_last_lr()[0],
+            "it_per_s": round(state.interval.steps / run.seconds, 4),
+            "skipped_steps": state.skipped,
+        })
+    state.interval, run.seconds = Interval(), 0.0
+
+
+def _validate(run: _Run, console: Console) -> None:
+    """Score the validation samples; log the score and keep the best weights."""
+    state = run.state
+    score = validate(state.model, run.validation, run.device, run.precision, run.rank, run.world)
+    improved = state.best is None or score > state.best
+    state.best = score if improved else state.best
+    if run.runlog is not None:
+        run.runlog.write({"step": state.step, "val_psnr_y": round(score, 4), "val_windows": len(run.validation),
+                          "best": improved})
+        if improved:
+            save_weights(state.model, run.run_dir / "best.safetensors",
+                         description=f"stvsr train: step {state.step}, validation PSNR-Y {score:.2f} dB")
+        run.runlog.plot()
+    console.print(f"step {state.step}: validation PSNR-Y {score:.2f} dB{' (best)' * improved}")
+
+
+def _save(run: _Run) -> None:
+    """The checkpoint, with every process's RNG state, written by rank 0."""
+    rng = _gather_rng(run.device, run.world)  # every process takes part
+    if run.rank == 0:
+        save_checkpoint(run.run_dir / CHECKPOINT, run.state, rng)
 
 
 def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, eps: float, autocast,
@@ -339,18 +397,18 @@ def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, 
     return loss_value, applied
 
 
-def validate(model: Network, windows: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
+def validate(model: Network, septuplets: list[Tensor], device: torch.device, precision: str = "auto", rank: int = 0,
              world: int = 1) -> float:
-    """Mean PSNR-Y over the windows' 7 output frames; the processes share the windows.
+    """Mean PSNR-Y over the septuplets' 7 output frames; the processes share the septuplets.
 
     The network runs through `Upscaler`, as `stvsr upscale` runs it (padding,
     precision, clamping), and goes back to training mode after.
     """
     upscaler = Upscaler(model, device=str(device), precision=precision)
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of window scores, windows
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # sum of septuplet scores, septuplets
     try:
-        for window in windows[rank::world]:
-            hr = window.to(device).float().div(255)  # (7, 3, H, W)
+        for septuplet in septuplets[rank::world]:
+            hr = septuplet.to(device).float().div(255)  # (7, 3, H, W)
             output = upscaler(make_lr(hr[0::2]))
             total[0] += sum(psnr_y(o, h) for o, h in zip(output, hr)) / len(hr)
             total[1] += 1
@@ -361,24 +419,25 @@ def validate(model: Network, windows: list[Tensor], device: torch.device, precis
     return float(total[0] / total[1])
 
 
-def save_checkpoint(path: Path, model: Network, optimizer, schedule, scaler, step: int, best: float | None,
-                    skipped: int, interval: list, rng: list[dict], options: TrainOptions) -> None:
-    """Everything `--resume` needs, written atomically (read back with `torch.load(weights_only=True)`)."""
+def save_checkpoint(path: Path, state: TrainState, rng: list[dict]) -> None:
+    """Everything `--resume` needs, with each process's RNG state (`rng`), written atomically
+    (read back with `torch.load(weights_only=True)`)."""
+    model = state.model
     payload = {
         "format": CHECKPOINT_FORMAT,
         "stvsr_version": __version__,
         "network": model.config.network,
         "config": model.config.to_dict(),
         "model": clean_state_dict(model.state_dict()),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": schedule.state_dict(),
-        "scaler": scaler.state_dict(),
-        "step": step,
-        "best_psnr": best,
-        "skipped_steps": skipped,
-        "interval": interval,  # so the next log line averages the same steps after --resume
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.schedule.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "step": state.step,
+        "best_psnr": state.best,
+        "skipped_steps": state.skipped,
+        "interval": state.interval.to_list(),  # so the next log line averages the same steps after --resume
         "rng": rng,
-        "recipe": options.recipe(),
+        "recipe": state.options.recipe(),
     }
     write_atomically(path, lambda temporary: torch.save(payload, temporary))
 

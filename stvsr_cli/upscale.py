@@ -110,6 +110,13 @@ class UpscaleOptions:
     segment: float = DEFAULT_SEGMENT_SECONDS  # seconds of source a segment (the unit of --resume)
     resume: bool = False  # continue the unfinished run into the same output
 
+    def __post_init__(self) -> None:
+        check_run_options(self.tile, self.tile_overlap, self.batch)
+        if not 0 <= self.scene_threshold <= 1:
+            raise StvsrError(f"--scene-threshold must be from 0 to 1 (got {self.scene_threshold}); 0 turns it off")
+        if self.segment <= 0:
+            raise StvsrError(f"--segment must be more than 0 seconds (got {self.segment:g})")
+
 
 @dataclass(frozen=True)
 class UpscaleResult:
@@ -159,9 +166,6 @@ def upscale_video(
     info = probe(input)
     check_output(input, output, overwrite=options.overwrite)
     check_encoder(options.encode, output)
-    check_run_options(options.tile, options.tile_overlap, options.batch)
-    if options.segment <= 0:
-        raise StvsrError(f"--segment must be more than 0 seconds (got {options.segment:g})")
     first, end = frame_range(info.fps, options.start, options.duration, options.end)
     if ranks.leader:
         remove_leftovers(output)
@@ -268,6 +272,7 @@ class _Pipeline:
         self.info, self.upscaler, self.options = info, upscaler, options
         self.high_bit_depth = info.bit_depth > 8
         self.input_frames = 0
+        self.output_frames = 0  # written so far
         self.scene_cuts = 0
         self._stop = threading.Event()
         self._enough = threading.Event()  # every wanted frame is made: the decoder stops early
@@ -283,7 +288,6 @@ class _Pipeline:
             return 0
         input_queue: queue.Queue = queue.Queue(maxsize=_input_queue_frames(self.options.batch))
         frame_queue: queue.Queue = queue.Queue(maxsize=_output_queue_frames(self.info, self.upscaler.scale))
-        written = [0]
         self._input = input_queue
         self._first = segments[0].first
         self._last = segments[-1].end  # the decoder needs no frame past a few after this
@@ -312,8 +316,8 @@ class _Pipeline:
                         writer, current, count = open_segment(segment), segment, 0
                     writer.write(frame)
                     count += 1
-                    written[0] += 1
-                    on_frame(written[0])
+                    self.output_frames += 1
+                    on_frame(self.output_frames)
                 if writer is not None:
                     writer, last = None, writer
                     close(last, current, count)
@@ -345,7 +349,7 @@ class _Pipeline:
             raise
         if self._errors:
             raise self._errors[0]
-        return written[0]
+        return self.output_frames
 
     def _guard(self, stage: Callable, *args) -> None:
         """Run a stage; on failure record it and stop the others."""

@@ -22,11 +22,9 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -35,7 +33,8 @@ from torch import Tensor, nn
 
 from . import __version__
 from .config import NetworkConfig, config_from_dict, preset_name
-from .errors import StvsrError, WeightsError
+from .errors import StvsrError, WeightsError, first_line
+from .files import write_atomically
 from .networks import Network, build_network
 from .zsm_weights import SIGNATURE as ZSM_SIGNATURE
 from .zsm_weights import from_zsm_state, is_zsm_layout
@@ -78,32 +77,6 @@ def save_weights(
         "description": description,
     }
     write_atomically(path, lambda temporary: save_file(state, temporary, metadata=metadata))
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Call `write(temporary)` on a file beside `path`, then rename it onto `path`.
-
-    A reader sees the old file or the new one, never half of one: a crash or
-    a full disk during `write` leaves `path` as it was. The file gets the
-    permissions a plain `open()` would give it (mkstemp's are owner-only).
-    """
-    path = Path(path)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
 
 
 def default_weights_path() -> Path:
@@ -269,7 +242,7 @@ def _read_safetensors(path: Path) -> Weights:
                 )
             state = {name: file.get_tensor(name) for name in file.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise WeightsError(f"{not_weights}: {_first_line(error)}") from error
+        raise WeightsError(f"{not_weights}: {first_line(error)}") from error
     if not ours:
         config, state = from_zsm_state(clean_state_dict(state), str(path))
         return Weights(config, state, ZSM_LAYOUT, {})
@@ -301,7 +274,7 @@ def read_checkpoint(path: str | os.PathLike) -> object:
             "and stvsr never unpickles arbitrary objects"
         ) from error
     except (RuntimeError, EOFError, OSError, ValueError, SafetensorError) as error:
-        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {_first_line(error)}") from error
+        raise WeightsError(f"{path} is not a readable PyTorch checkpoint: {first_line(error)}") from error
 
 
 def _read_checkpoint(path: Path) -> Weights:
@@ -337,8 +310,3 @@ def _parse_config(network: str, values: object, path: Path) -> NetworkConfig:
         return config_from_dict(network, values)
     except StvsrError as error:
         raise WeightsError(f"{path}: {error}") from error
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

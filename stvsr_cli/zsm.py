@@ -32,7 +32,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .config import ZSMConfig
-from .layers import ResidualBlock, conv3x3, leaky_relu
+from .layers import ResidualBlock, check_frames, conv3x3, leaky_relu
 from .megan import BidirectionalDeformableConvLSTM, FrameFeatureInterpolation, ProgressiveFusionReconstruction
 
 
@@ -75,21 +75,13 @@ class ZSM(nn.Module):
         )
 
     def forward(self, frames: Tensor) -> Tensor:
-        self._check_input(frames)
+        check_frames(frames, self.config.input_frames, self.size_multiple, "ZSM")
         b, n1, _, h, w = frames.shape
         features = self.extraction(frames.flatten(0, 1)).view(b, n1, -1, h, w)  # (B, n+1, C, H, W)
         features = self.interpolation(features)  # (B, 2n+1, C, H, W)
         features = self.convlstm(features)
         return self.reconstruction(features)  # (B, 2n+1, 3, 4H, 4W)
 
-    def _check_input(self, frames: Tensor) -> None:
-        expected = f"(B, {self.config.input_frames}, 3, H, W) with H and W multiples of {self.size_multiple}"
-        if frames.dim() != 5 or frames.shape[1] != self.config.input_frames or frames.shape[2] != 3:
-            raise ValueError(f"ZSM takes frames shaped {expected}, got {tuple(frames.shape)}")
-        if frames.shape[-2] % self.size_multiple or frames.shape[-1] % self.size_multiple:
-            raise ValueError(
-                f"ZSM takes frames shaped {expected}, got {tuple(frames.shape)}; stvsr_cli.Upscaler pads other sizes"
-            )
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -7,7 +7,9 @@ import torch
 from click.testing import CliRunner
 
 from stvsr_cli import MEGAN, PRESETS, StvsrError
-from stvsr_cli.bench import WORKLOADS, Workload, count_flops, device_peak_tflops, run_bench, windows_needed
+from stvsr_cli.bench import (
+    WORKLOADS, BenchOptions, Workload, count_flops, device_peak_tflops, run_bench, windows_needed,
+)
 from stvsr_cli.cli import main
 from stvsr_cli.layers import ModulatedDeformConv
 from stvsr_cli.layers.deform_cpu import cpu_backend
@@ -38,7 +40,7 @@ def test_network_flops_do_not_depend_on_the_deformable_path():
 
 
 def test_run_bench_reports_every_preset_with_consistent_derived_figures():
-    report = run_bench(["tiny"], [Workload(32, 24)], device="cpu", runs=1, warmup=1, end_to_end=False)
+    report = run_bench(BenchOptions(["tiny"], [Workload(32, 24)], device="cpu", runs=1, warmup=1, end_to_end=False))
     (model,) = report.models
     assert model.preset == "tiny" and model.workload.lr_size == (6, 8) and model.precision == "float32"
     assert model.seconds_per_frame == pytest.approx(model.window.median_seconds / 4)
@@ -52,7 +54,8 @@ def test_run_bench_reports_every_preset_with_consistent_derived_figures():
 
 
 def test_end_to_end_runs_the_whole_upscale_path_on_a_clip_with_audio():
-    report = run_bench(["tiny"], [Workload(48, 32)], device="cpu", runs=2, warmup=1, deform=False, clip_frames=6)
+    report = run_bench(BenchOptions(["tiny"], [Workload(48, 32)], device="cpu", runs=2, warmup=1, deform=False,
+                                    clip_frames=6))
     (model,), (pipeline,) = report.models, report.pipelines
     assert (pipeline.input_frames, pipeline.output_frames, pipeline.windows) == (6, 12, 2)
     assert len(pipeline.seconds) == 2 and pipeline.fps == pytest.approx(12 / pipeline.median_seconds)

@@ -35,9 +35,9 @@ def test_video_windows_are_found_by_seeking_and_never_cross_a_scene_cut(tmp_path
     source = open_source(path, 32)
     assert isinstance(source, VideoSource) and len(source) == 8
     rng = torch.Generator()
-    crossing = [start for start in range(8) if source.window(start, 36, rng) is None]
+    crossing = [start for start in range(8) if source.septuplet(start, 36, rng) is None]
     assert crossing == [0, 1, 2, 3, 4]  # windows holding frames 4 and 5
-    window = source.window(6, 36, rng)  # the crop is the whole height: compare whole columns
+    window = source.septuplet(6, 36, rng)  # the crop is the whole height: compare whole columns
     expected = torch.from_numpy(np.stack(decoded[6:13])).permute(0, 3, 1, 2).float() / 255
     assert any(torch.equal(window, expected[..., left : left + 36]) for left in range(5))
 
@@ -61,7 +61,7 @@ def test_objects_move_over_a_moving_background_and_cover_it(tmp_path):
     lr, hr = samples[3]
     assert lr.shape == (4, 3, 8, 8) and hr.shape == (7, 3, 32, 32)
     assert all(torch.equal(a, b) for a, b in zip(samples.sample(3), samples.sample(3)))
-    scene = source.window(0, 32, torch.Generator().manual_seed(2))
+    scene = source.septuplet(0, 32, torch.Generator().manual_seed(2))
     background = camera_move(read_frame(source.images[0]).float().div(255), 32, torch.Generator().manual_seed(2))
     covered = (scene - background).abs().amax(dim=1) > 0.02  # (7, 32, 32): where an object is
     assert covered.any()  # an object, over the camera's move of the background photo

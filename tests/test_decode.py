@@ -447,3 +447,18 @@ def test_a_video_stream_with_no_decodable_frame(tmp_path):
                 dst.mux(packet)
     with pytest.raises(StvsrError, match="no frames could be decoded"):
         list(decode(probe(path)))
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_training_reads_runs_of_frames_as_decode_gives_them(tmp_path, container):
+    """count_frames and read_frames, training's random access: any run of
+    frames, found by seeking, equals those `decode` yields; fewer at the end."""
+    from stvsr_cli.decode import count_frames, read_frames
+
+    info = probe(make_video(tmp_path / f"v.{container}", frames=30))
+    everything = list(decode(info))
+    assert count_frames(info) == len(everything) == 30
+    for start in (0, 11, 23):
+        run = read_frames(info, start, 7)
+        assert len(run) == 7 and all(np.array_equal(a, b) for a, b in zip(run, everything[start : start + 7]))
+    assert len(read_frames(info, 26, 7)) == 4

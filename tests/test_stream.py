@@ -80,3 +80,12 @@ def test_input_is_pulled_only_as_windows_need_it():
     outputs = upscale_frames(source(), LinearInTime(), tile=0)
     next(outputs)
     assert len(pulled) == 4  # the first window's frames, no more
+
+
+def test_the_upscaler_and_the_stand_in_networks_have_the_interface_upscale_frames_needs():
+    from stvsr_cli import MEGAN, PRESETS, Upscaler
+    from stvsr_cli.inference import WindowUpscaler
+
+    assert isinstance(Upscaler(MEGAN(PRESETS["tiny"]), device="cpu"), WindowUpscaler)
+    assert isinstance(LinearInTime(), WindowUpscaler)
+    assert not isinstance(object(), WindowUpscaler)

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from conftest import perturb_zero_initialised
 from datasets import make_layout, write_frames
 from stvsr_cli import PRESETS, ZSM, StvsrError, WeightsError, ZSMConfig, load_model, save_weights
-from stvsr_cli.bench import Workload, run_bench
+from stvsr_cli.bench import BenchOptions, Workload, run_bench
 from stvsr_cli.cli import main
 from stvsr_cli.megan import BidirectionalDeformableConvLSTM
 from stvsr_cli.train import TrainOptions, train
@@ -342,6 +342,7 @@ def test_train_the_zsm_preset_without_megans_motion_prior(tmp_path):
 
 
 def test_bench_times_the_zsm_preset_beside_megans():
-    report = run_bench(["zsm", "tiny"], [Workload(16, 16)], device="cpu", runs=1, deform=False, end_to_end=False)
+    report = run_bench(BenchOptions(["zsm", "tiny"], [Workload(16, 16)], device="cpu", runs=1, deform=False,
+                                    end_to_end=False))
     assert [m.preset for m in report.models] == ["zsm", "tiny"]
     assert report.models[0].window.gflop > 10 * report.models[1].window.gflop > 0

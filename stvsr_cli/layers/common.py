@@ -41,6 +41,18 @@ def empty_frames_like(x: Tensor, frames: int | None = None, channels: int | None
     return torch.empty(b * t, c, h, w, dtype=x.dtype, device=x.device, memory_format=layout).view(b, t, c, h, w)
 
 
+def check_frames(frames: Tensor, input_frames: int, size_multiple: int, network: str) -> None:
+    """Refuse input that is not (B, input_frames, 3, H, W) with H and W multiples of `size_multiple`,
+    saying what `network` takes."""
+    expected = f"(B, {input_frames}, 3, H, W) with H and W multiples of {size_multiple}"
+    if frames.dim() != 5 or frames.shape[1] != input_frames or frames.shape[2] != 3:
+        raise ValueError(f"{network} takes frames shaped {expected}, got {tuple(frames.shape)}")
+    if frames.shape[-2] % size_multiple or frames.shape[-1] % size_multiple:
+        raise ValueError(
+            f"{network} takes frames shaped {expected}, got {tuple(frames.shape)}; stvsr_cli.Upscaler pads other sizes"
+        )
+
+
 def flatten_frames(x: Tensor) -> Tensor:
     """(B, T, C, H, W) -> (B * T, C, H, W): a view where the memory allows,
     else a copy in x's layout (`Tensor.flatten` would copy to NCHW)."""

@@ -117,6 +117,70 @@ def _plane_size(size: int) -> int:
     return 2 ** math.ceil(math.log2(size + 1)) + 1
 
 
+def _groups(input: Tensor, offset: Tensor, mask: Tensor | None, kernel: tuple[int, int],
+            out_size: tuple[int, int]) -> int:
+    """The deformable groups the offsets give, after checking that they and the mask fit the input."""
+    (kh, kw), (ho, wo), c, taps = kernel, out_size, input.shape[1], kernel[0] * kernel[1]
+    groups = offset.shape[1] // (2 * taps)
+    if groups < 1 or offset.shape[1] != 2 * groups * taps or c % groups or offset.shape[-2:] != (ho, wo):
+        raise ValueError(
+            f"offset {tuple(offset.shape)} does not fit input {tuple(input.shape)} and a {kh}x{kw} kernel: "
+            f"expected (N, 2 * groups * {taps}, {ho}, {wo}) with {c} channels a multiple of groups"
+        )
+    if mask is not None and mask.shape[1:] != (groups * taps, ho, wo):
+        raise ValueError(f"mask {tuple(mask.shape)} should be (N, {groups * taps}, {ho}, {wo})")
+    return groups
+
+
+def _planes(input: Tensor, groups: int, channels_last: bool) -> tuple[Tensor, Tensor]:
+    """The input as grid_sample's images, (N * G, C/G, Wq, Hq), and the (y, x) scale from pixels to
+    grid_sample's normalised units.
+
+    Each deformable group becomes an image of C/G channels on a zero plane
+    of 2^k + 1 pixels per side (see the module docstring), stored
+    transposed, (W, H): grid_sample's grid is (x, y), along the last axis
+    first, so on a transposed plane it is (y, x), the offsets' own order.
+    Planes of a channels-last input are channels-last too: filling them
+    then reads the input in order, and grid_sample's reads of one corner
+    for consecutive channels are neighbours in memory.
+    """
+    n, c, h, w = input.shape
+    hq, wq = _plane_size(h), _plane_size(w)
+    scale = input.new_tensor([2 / (hq - 1), 2 / (wq - 1)])  # pixels -> normalised units, powers of two
+    if channels_last:
+        planes = input.new_zeros(n, groups, wq, hq, c // groups).permute(0, 1, 4, 2, 3)
+    else:
+        planes = input.new_zeros(n, groups, c // groups, wq, hq)
+    planes[..., :w, :h] = input.reshape(n, groups, c // groups, h, w).transpose(3, 4)
+    return planes.flatten(0, 1), scale  # a view in either layout
+
+
+def _tap_positions(kernel: tuple[int, int], out_size: tuple[int, int], stride: tuple[int, int],
+                   padding: tuple[int, int], dilation: tuple[int, int], dtype: torch.dtype) -> Tensor:
+    """(taps, Ho, Wo, (y, x)): where each tap of each output pixel reads the input, before the offsets."""
+    (kh, kw), (ho, wo), (sh, sw), (ph, pw), (dh, dw) = kernel, out_size, stride, padding, dilation
+    taps_y = (torch.arange(kh, dtype=dtype) * dh).repeat_interleave(kw).view(kh * kw, 1, 1)
+    taps_x = (torch.arange(kw, dtype=dtype) * dw).repeat(kh).view(kh * kw, 1, 1)
+    ys = (torch.arange(ho, dtype=dtype) * sh - ph).view(ho, 1)
+    xs = torch.arange(wo, dtype=dtype) * sw - pw
+    return torch.stack(torch.broadcast_tensors(ys + taps_y, xs + taps_x), -1)
+
+
+def _matmul_weights(weight: Tensor, bias: Tensor | None, n: int, channels_last: bool,
+                    dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """The weight and bias shaped for the product with the sampled columns, (N, C * taps, pixels)."""
+    c_out = weight.shape[0]
+    weight = weight.to(dtype).reshape(1, c_out, -1)
+    if channels_last:
+        # (N, pixels, C * taps) @ (C * taps, Cout): rows of the product are NHWC pixels
+        weight = weight.transpose(1, 2)
+        bias = None if bias is None else bias.to(dtype).view(1, 1, c_out)
+    else:
+        # (Cout, C * taps) @ (N, C * taps, pixels): the product is already NCHW
+        bias = None if bias is None else bias.to(dtype).view(1, c_out, 1)
+    return weight.expand(n, -1, -1), bias
+
+
 def deform_conv2d_cpu(
     input: Tensor,
     offset: Tensor,
@@ -147,57 +211,21 @@ def deform_conv2d_cpu(
     taps = kh * kw
     ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    groups = offset.shape[1] // (2 * taps)
-    if groups < 1 or offset.shape[1] != 2 * groups * taps or c % groups or offset.shape[-2:] != (ho, wo):
-        raise ValueError(
-            f"offset {tuple(offset.shape)} does not fit input {tuple(input.shape)} and a {kh}x{kw} kernel: "
-            f"expected (N, 2 * groups * {taps}, {ho}, {wo}) with {c} channels a multiple of groups"
-        )
-    if mask is not None and mask.shape[1:] != (groups * taps, ho, wo):
-        raise ValueError(f"mask {tuple(mask.shape)} should be (N, {groups * taps}, {ho}, {wo})")
+    groups = _groups(input, offset, mask, (kh, kw), (ho, wo))
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, offset, weight, bias, mask)
     )
-    dtype = input.dtype
-    matmul_dtype = matmul_dtype or dtype
+    matmul_dtype = matmul_dtype or input.dtype
     channels_last = is_channels_last(input)
-
-    # Each deformable group becomes an image of C/G channels on a zero plane
-    # of 2^k + 1 pixels per side (see the module docstring), stored
-    # transposed, (W, H): grid_sample's grid is (x, y), along the last axis
-    # first, so on a transposed plane it is (y, x), the offsets' own order.
-    # Planes of a channels-last input are channels-last too: filling them
-    # then reads the input in order, and grid_sample's reads of one corner
-    # for consecutive channels are neighbours in memory.
-    hq, wq = _plane_size(h), _plane_size(w)
-    scale = input.new_tensor([2 / (hq - 1), 2 / (wq - 1)])  # pixels -> normalised units, powers of two
-    if channels_last:
-        planes = input.new_zeros(n, groups, wq, hq, c // groups).permute(0, 1, 4, 2, 3)
-    else:
-        planes = input.new_zeros(n, groups, c // groups, wq, hq)
-    planes[..., :w, :h] = input.reshape(n, groups, c // groups, h, w).transpose(3, 4)
-    planes = planes.flatten(0, 1)  # (N * G, C/G, Wq, Hq), a view in either layout
-
+    planes, scale = _planes(input, groups, channels_last)
     # grid (N, G, taps, Ho, Wo, (y, x)) = (tap position + offset) * scale - 1
-    taps_y = (torch.arange(kh, dtype=dtype) * dh).repeat_interleave(kw).view(taps, 1, 1)
-    taps_x = (torch.arange(kw, dtype=dtype) * dw).repeat(kh).view(taps, 1, 1)
-    ys = (torch.arange(ho, dtype=dtype) * sh - ph).view(ho, 1)
-    xs = torch.arange(wo, dtype=dtype) * sw - pw
-    base = torch.stack(torch.broadcast_tensors(ys + taps_y, xs + taps_x), -1) * scale - 1  # (taps, Ho, Wo, 2)
+    base = _tap_positions((kh, kw), (ho, wo), (sh, sw), (ph, pw), (dh, dw), input.dtype) * scale - 1
     offset = offset.reshape(n, groups, taps, 2, ho, wo).permute(0, 1, 2, 4, 5, 3)
     grid = torch.addcmul(base, offset, scale)
 
     if mask is not None:
         mask = mask.reshape(n, groups, 1, taps, ho * wo)
-    weight = weight.to(matmul_dtype).reshape(1, c_out, c * taps)
-    if channels_last:
-        # (N, pixels, C * taps) @ (C * taps, Cout): rows of the product are NHWC pixels
-        weight = weight.transpose(1, 2)
-        bias = None if bias is None else bias.to(matmul_dtype).view(1, 1, c_out)
-    else:
-        # (Cout, C * taps) @ (N, C * taps, pixels): the product is already NCHW
-        bias = None if bias is None else bias.to(matmul_dtype).view(1, c_out, 1)
-    weight = weight.expand(n, -1, -1)
+    weight, bias = _matmul_weights(weight, bias, n, channels_last, matmul_dtype)
 
     # Without autograd, a few output rows at a time: the columns, 9x the
     # input, then stay in cache between sampling, mask and product, and

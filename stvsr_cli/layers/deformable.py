@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -24,15 +27,35 @@ class ModulatedDeformConv(nn.Module):
     equivalent `deform_cpu.deform_conv2d_cpu` on the CPU, several times faster there.
     """
 
+    TAPS = 9  # of the 3x3 kernel
+
     def __init__(self, channels: int, offset_channels: int, groups: int) -> None:
         super().__init__()
         self.groups = groups
         self.conv = conv3x3(channels, channels)  # holds the weight and bias that deform_conv2d applies
         # offsets (G, 9 taps, (dy, dx)), then masks (G, 9 taps): the channel layout of DCNv2's DCN_sep
         # (EDVR, ZSM) and of torchvision's deform_conv2d, so their trained offset heads load as they are
-        self.offset_mask = conv3x3(offset_channels, 3 * groups * 9)
+        self.offset_mask = conv3x3(offset_channels, self.offset_planes + self.mask_planes)
         nn.init.zeros_(self.offset_mask.weight)
         nn.init.zeros_(self.offset_mask.bias)
+
+    @property
+    def offset_planes(self) -> int:
+        """Channels of the sampling offsets: (dy, dx) for each group's taps."""
+        return 2 * self.TAPS * self.groups
+
+    @property
+    def mask_planes(self) -> int:
+        """Channels of the modulation masks: one for each group's taps."""
+        return self.TAPS * self.groups
+
+    def flops(self, output_shape: Sequence[int]) -> int:
+        """FLOPs of the deformable convolution that makes an output of
+        `output_shape` (N, C, H, W): 2 * Cin * 9 per output value, the
+        multiply-adds with the weights (the bilinear sampling and the offset
+        head, an ordinary convolution, are not counted). The same whichever
+        implementation runs."""
+        return 2 * math.prod(output_shape) * self.conv.weight[0].numel()
 
     def forward(self, x: Tensor, offset_feature: Tensor, flow: Tensor | None = None) -> Tensor:
         """x (N, C, H, W) sampled with offsets from `offset_feature` (N, C', H, W),
@@ -48,12 +71,12 @@ class ModulatedDeformConv(nn.Module):
         # channels-last map runs in short strided pieces (the masks' sigmoid and
         # product and the grid took 2.5 to 5 times as long so in a profile here).
         offset_mask = self.offset_mask(offset_feature).to(torch.float32, memory_format=torch.contiguous_format)
-        offset, mask = offset_mask.split([18 * self.groups, 9 * self.groups], dim=1)
+        offset, mask = offset_mask.split([self.offset_planes, self.mask_planes], dim=1)
         if flow is not None:
             # offsets are (dy, dx) per group and tap: add the flow, turned to (y, x), to every one of them
             n, _, h, w = offset.shape
-            offset = (offset.view(n, 9 * self.groups, 2, h, w) + flow.flip(1).unsqueeze(1).float()).view(
-                n, 18 * self.groups, h, w
+            offset = (offset.view(n, self.mask_planes, 2, h, w) + flow.flip(1).unsqueeze(1).float()).view(
+                n, self.offset_planes, h, w
             )
         # The matrix multiply after the sampling runs, on the CPU, in the
         # dtype the features come in, like any other (bf16 under bf16 autocast).

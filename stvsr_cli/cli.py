@@ -32,7 +32,7 @@ try:
 
     from . import __version__
     from .config import PRESETS
-    from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_TILE
+    from .defaults import DEFAULT_SCENE_THRESHOLD, DEFAULT_SEGMENT_SECONDS, DEFAULT_TILE
     from .errors import StvsrError, first_line
     from .options import BenchOptions, TrainOptions
 except KeyboardInterrupt:
@@ -269,7 +269,7 @@ def _network_options(function):
                                                "[HH:]MM:SS[.ms]. The frames are the whole run's frames.")
 @click.option("--duration", metavar="TIME", help="Upscale this much of INPUT, as ffmpeg's -t. [default: to the end]")
 @click.option("--end", metavar="TIME", help="Stop at this time of INPUT, as ffmpeg's -to (instead of --duration).")
-@click.option("--segment", type=float, default=10.0, show_default=True, metavar="SECONDS",
+@click.option("--segment", type=float, default=DEFAULT_SEGMENT_SECONDS, show_default=True, metavar="SECONDS",
               help="Work in segments of this many seconds of INPUT: what an interruption can cost, and what "
                    "several processes share out.")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run into OUTPUT from its last finished "

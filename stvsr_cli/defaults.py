@@ -17,3 +17,7 @@ DEFAULT_OVERLAP = 16
 # pair of frames above 0.115; an animated film and a talking-head clip stay
 # under 0.04.
 DEFAULT_SCENE_THRESHOLD = 0.15
+
+# Seconds of source a segment of `stvsr upscale` (`segments.py`): what an
+# interruption can cost, against a file per segment.
+DEFAULT_SEGMENT_SECONDS = 10.0

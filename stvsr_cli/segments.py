@@ -39,6 +39,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
+from .defaults import DEFAULT_SEGMENT_SECONDS
 from .errors import StvsrError
 
 try:
@@ -48,7 +49,6 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger("stvsr")
 
-DEFAULT_SEGMENT_SECONDS = 10.0  # of source: what an interruption can cost, against a file per segment
 
 
 def parse_time(text: str, option: str) -> float:

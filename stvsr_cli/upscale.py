@@ -171,9 +171,52 @@ def upscale_video(
         remove_leftovers(output)
     if upscaler is None:
         upscaler = load_upscaler(options.weights, device=ranks.device(options.device), precision=options.precision)
+    plan = _plan(input, output, info, upscaler, options, first, end)
 
-    scale = upscaler.scale
-    size = (info.width * scale, info.height * scale)
+    work = WorkFolder(output)
+    todo = ranks.share(lambda: work.prepare(plan.facts, plan.segments, options.resume))
+    if ranks.leader:
+        say_what_is_lost(info, output, plan.fps)
+    mine = [plan.segments[i] for i in ranks.split(todo)]
+    pipeline = _Pipeline(info, upscaler, options)
+    done = _make_share(pipeline, work, plan, mine, ranks, progress)
+    if ranks.leader:
+        _join(work, plan, done, output)
+    written = sum(done.values())
+    return UpscaleResult(
+        output=Path(output),
+        input_frames=written // 2,
+        output_frames=written,
+        input_size=(info.width, info.height),
+        output_size=plan.size,
+        input_fps=info.fps,
+        output_fps=plan.fps,
+        scene_cuts=pipeline.scene_cuts,
+        seconds=time.perf_counter() - started,
+        segments=len(plan.segments),
+        resumed=len(plan.segments) - len(todo),
+    )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a run makes, settled before any frame is decoded."""
+
+    info: VideoInfo
+    first: int  # source frames [first, end) (end None: to the end of the video)
+    end: int | None
+    size: tuple[int, int]  # output (width, height)
+    fps: Fraction  # output frame rate
+    encode: EncodeOptions  # resolved for this output
+    segments: list[Segment]
+    suffix: str  # of each segment's file
+    facts: dict  # what the work folder records, for --resume to compare
+
+
+def _plan(input: Path, output: str, info: VideoInfo, upscaler: Upscaler, options: UpscaleOptions,
+          first: int, end: int | None) -> _Plan:
+    """Check that the run fits and its encoder works, then cut it into segments."""
+    size = (info.width * upscaler.scale, info.height * upscaler.scale)
     fps = info.fps * 2
     frames = is_frame_directory(output)
     check_memory(info, upscaler, options, frames=frames)
@@ -184,8 +227,6 @@ def upscale_video(
     # A GIF's frames cannot be joined without re-encoding: one segment.
     one = not frames and Path(output).suffix.lower() == ".gif"
     length = 1 << 62 if one else max(1, round(options.segment * info.fps))
-    segments = plan_segments(first, end, info.frame_count, length)
-    work = WorkFolder(output)
     facts = {
         "stvsr": __version__, "input": file_facts(input), "output": Path(output).name,
         "weights": file_facts(options.weights), "network": f"{upscaler.device.type} {upscaler.dtype}",
@@ -193,20 +234,26 @@ def upscale_video(
                                                 weights=None, encode=encode)),
         "frames": [first, end], "segment_frames": length,
     }
-    todo = ranks.share(lambda: work.prepare(facts, segments, options.resume))
-    if ranks.leader:
-        say_what_is_lost(info, output, fps)
-    mine = [segments[i] for i in ranks.split(todo)]
-    suffix = segment_suffix(output, encode)
-    pipeline = _Pipeline(info, upscaler, options)
+    return _Plan(info, first, end, size, fps, encode, plan_segments(first, end, info.frame_count, length),
+                 segment_suffix(output, encode), facts)
+
+
+def _make_share(pipeline: _Pipeline, work: WorkFolder, plan: _Plan, mine: list[Segment], ranks: Ranks,
+                progress: Progress | None) -> dict[int, int]:
+    """Make this process's segments into the work folder; the frames each
+    finished segment holds, by index, once every process is done. A failure
+    here or in another process raises, keeping the finished segments for
+    --resume (or removing the folder when none is finished)."""
+    info, size = plan.info, plan.size
+
+    def open_segment(segment: Segment) -> FrameWriter:
+        return open_segment_writer(work.segment_path(segment.index, plan.suffix), info, width=size[0],
+                                   height=size[1], fps=plan.fps, options=plan.encode,
+                                   first_number=2 * (segment.first - plan.first))
+
     error = None
     work.lock()
     try:
-        def open_segment(segment: Segment) -> FrameWriter:
-            return open_segment_writer(work.segment_path(segment.index, suffix), info, width=size[0],
-                                       height=size[1], fps=fps, options=encode,
-                                       first_number=2 * (segment.first - first))
-
         total = sum(2 * (s.end - s.first) if s.end is not None else
                     (2 * (info.frame_count - s.first) if info.frame_count else 0) for s in mine) or None
         if progress:
@@ -229,37 +276,28 @@ def upscale_video(
         if (error is not None or failures) and ranks.leader:
             if not done:  # nothing to resume: leave nothing behind
                 work.remove()
-            elif len(done) < len(segments):
+            elif len(done) < len(plan.segments):
                 log.warning("%d of %d segments are done and kept in %s; run the same command with --resume to "
-                            "continue", len(done), len(segments), work.path)
+                            "continue", len(done), len(plan.segments), work.path)
     if failures:
         rank, message = failures[0]
         raise StvsrError(f"process {rank} of {ranks.world} failed: {message}")
-    if ranks.leader:
-        files = [work.segment_path(s.index, suffix) for s in segments if done.get(s.index)]
-        written = sum(done.values())
-        try:
-            join_segments(files, output, info, fps=fps, options=encode, first_frame=first,
-                          frames=written // 2 if first or end is not None else None)
-        except BaseException:
-            log.warning("all %d segments are done and kept in %s; once the cause is fixed, the same command with "
-                        "--resume joins them", len(segments), work.path)
-            raise
-        work.remove()
+    return done
+
+
+def _join(work: WorkFolder, plan: _Plan, done: dict[int, int], output: str) -> None:
+    """Join the finished segments into `output`, with the source's audio and
+    subtitles, and remove the work folder; keep it if the join fails."""
+    files = [work.segment_path(s.index, plan.suffix) for s in plan.segments if done.get(s.index)]
     written = sum(done.values())
-    return UpscaleResult(
-        output=Path(output),
-        input_frames=written // 2,
-        output_frames=written,
-        input_size=(info.width, info.height),
-        output_size=size,
-        input_fps=info.fps,
-        output_fps=fps,
-        scene_cuts=pipeline.scene_cuts,
-        seconds=time.perf_counter() - started,
-        segments=len(segments),
-        resumed=len(segments) - len(todo),
-    )
+    try:
+        join_segments(files, output, plan.info, fps=plan.fps, options=plan.encode, first_frame=plan.first,
+                      frames=written // 2 if plan.first or plan.end is not None else None)
+    except BaseException:
+        log.warning("all %d segments are done and kept in %s; once the cause is fixed, the same command with "
+                    "--resume joins them", len(plan.segments), work.path)
+        raise
+    work.remove()
 
 
 _DONE = object()  # end of a queue's stream

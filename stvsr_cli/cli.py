@@ -434,22 +434,28 @@ def _key_value(option: str) -> tuple[str, str]:
 
 
 @main.command()
-def encoders() -> None:
+@click.argument("name", required=False)
+def encoders(name: str | None) -> None:
     """List the video encoders of the ffmpeg that stvsr runs, for `upscale
     --codec`, and where that ffmpeg is (imageio-ffmpeg's, which need not be
-    the `ffmpeg` on your PATH).
+    the `ffmpeg` on your PATH). With NAME, that encoder's own options, for
+    `upscale --encoder-opt`.
 
     \b
     Example:
       stvsr encoders
-      stvsr upscale in.mp4 out.mkv --codec libx265
+      stvsr encoders libx264
+      stvsr upscale in.mp4 out.mkv --codec libx265 --encoder-opt x265-params=aq-mode=3
     """
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    from .encode import ffmpeg_exe, list_encoders
+    from .encode import encoder_help_text, ffmpeg_exe, list_encoders
 
+    if name is not None:
+        click.echo(encoder_help_text(name))
+        return
     table = Table(box=box.SIMPLE_HEAD, title="Video encoders (--codec)", title_justify="left")
     for column in ("encoder", "codec", "description"):
         table.add_column(column)

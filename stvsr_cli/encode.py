@@ -240,7 +240,7 @@ def check_encoder(options: EncodeOptions, output: Path | str) -> None:
     for key, _ in options.extra:
         if key not in help_.options and key not in generic:
             raise StvsrError(f"--encoder-opt {key}=...: {name} has no option {key!r}; "
-                             f"`ffmpeg -h encoder={name}` lists its options")
+                             f"`stvsr encoders {name}` lists its options")
 
 
 def remove_leftovers(output: Path | str) -> None:
@@ -338,6 +338,17 @@ class _EncoderHelp:
     quality: str | None  # the option --crf becomes (`_QUALITY_OPTIONS`), None when there is none
     crf_min: float
     crf_max: float
+
+
+def encoder_help_text(name: str) -> str:
+    """What `ffmpeg -h encoder=NAME` says of one encoder (its pixel formats and
+    options), from the ffmpeg stvsr runs; `stvsr encoders NAME` prints it."""
+    text = subprocess.run(
+        [ffmpeg_exe(), "-hide_banner", "-h", f"encoder={name}"], capture_output=True, text=True
+    ).stdout
+    if not text.strip() or "is not recognized" in text:
+        raise StvsrError(f"ffmpeg has no encoder named {name!r}; `stvsr encoders` lists the ones there are")
+    return text.rstrip()
 
 
 @functools.cache

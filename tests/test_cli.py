@@ -230,3 +230,12 @@ def test_encoders_lists_the_encoders_of_the_ffmpeg_stvsr_runs(runner):
     assert result.exit_code == 0, result.output
     assert "libx264" in result.output and "libvpx-vp9" in result.output and "aac " not in result.output
     assert ffmpeg_exe() in result.output.replace("\n", "")
+
+
+def test_encoders_with_a_name_shows_that_encoders_options(runner):
+    result = runner.invoke(main, ["encoders", "libx264"])
+    assert result.exit_code == 0, result.output
+    assert "crf" in result.output and "Supported pixel formats" in result.output
+    result = runner.invoke(main, ["encoders", "nosuch264"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "no encoder named 'nosuch264'" in result.output and "stvsr encoders" in result.output

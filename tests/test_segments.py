@@ -189,7 +189,7 @@ def test_encoder_options_reach_ffmpeg(tmp_path, weights):
     assert keyframes == [True, False, False] * 4  # a keyframe every 3 frames, as -g 3 asks
     code, text = upscale([str(video), str(tmp_path / "bad.mp4"), "--encoder-opt", "nosuch=1"], weights)
     assert code == 1 and text == "stvsr: error: --encoder-opt nosuch=...: libx264 has no option 'nosuch'; " \
-                                 "`ffmpeg -h encoder=libx264` lists its options\n"
+                                 "`stvsr encoders libx264` lists its options\n"
     code, text = upscale([str(video), str(tmp_path / "bad.mp4"), "--encoder-opt", "tune=nosuch"], weights)
     assert code == 1 and text.startswith("stvsr: error: libx264 cannot encode bad.mp4 here:"), text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4", "out.mp4"]

@@ -26,3 +26,19 @@ def perturb_zero_initialised(model: torch.nn.Module, scale: float = 0.01) -> Non
             torch.nn.init.normal_(module.offset_mask.bias, std=scale * 10)
         if isinstance(module, NonLocalBlock):
             torch.nn.init.normal_(module.w_z.weight, std=scale * 10)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A weights file of the tiny network whose output depends on the input
+    (its zero-initialised layers perturbed), so that a repeated frame and a
+    blended one can be told apart. Modules that need other weights define
+    their own `weights`."""
+    from stvsr_cli import save_weights
+
+    torch.manual_seed(0)
+    model = MEGAN(PRESETS["tiny"])
+    perturb_zero_initialised(model)
+    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    save_weights(model, path)
+    return path

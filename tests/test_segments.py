@@ -13,31 +13,18 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
-from stvsr_cli import MEGAN, PRESETS, save_weights
 from stvsr_cli.cli import main
 from stvsr_cli.encode import EncodeOptions, default_pix_fmt, double_rate_timecode, video_command
 from stvsr_cli.errors import StvsrError
 from stvsr_cli.segments import frame_range, parse_time, plan_segments
-from conftest import perturb_zero_initialised
 from test_encode import OUT_FPS, source_info
 from videos import make_video, read_video, stream_durations
 
 ROOT = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
        "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = MEGAN(PRESETS["tiny"])
-    perturb_zero_initialised(model)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(model, path)
-    return path
 
 
 def upscale(args: list[str], weights: Path) -> tuple[int, str]:

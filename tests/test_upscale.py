@@ -22,19 +22,6 @@ from stvsr_cli.upscale import UpscaleOptions, upscale_video
 from stvsr_cli.weights import default_weights_path, weights_metadata
 from videos import make_video, read_video, stream_durations
 
-from conftest import perturb_zero_initialised
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """Tiny weights whose output depends on the input, so that a repeated
-    frame and a blended one can be told apart."""
-    torch.manual_seed(0)
-    model = MEGAN(PRESETS["tiny"])
-    perturb_zero_initialised(model)
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
-    save_weights(model, path)
-    return path
 
 
 def upscale(runner_args: list[str], weights: Path) -> tuple[int, str]:

@@ -51,6 +51,7 @@ import numpy as np
 
 from .decode import VideoInfo
 from .errors import StvsrError
+from .files import held_elsewhere
 
 try:
     import fcntl  # staging folder locks; POSIX only
@@ -258,19 +259,17 @@ def remove_leftovers(output: Path | str) -> None:
     except OSError:
         return
     for folder in leftovers:
-        lock = folder / _LOCK
-        if fcntl is None or not lock.exists():
+        try:
+            held = held_elsewhere(folder / _LOCK)
+        except OSError:
+            continue
+        if held is None:
             log.warning("%s is probably the unfinished output of an earlier stvsr run into %s that was killed; "
                         "delete it if no other run is writing %s", folder, output.name, output.name)
             continue
-        try:
-            with lock.open("rb") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if held:
             log.warning("another stvsr run is writing %s right now (into %s); whichever run ends last replaces "
                         "the other's output", output.name, folder)
-            continue
-        except OSError:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         log.warning("removed %s, the unfinished output of an earlier run into %s that was killed", folder, output.name)

@@ -39,8 +39,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import IO
 
-from .defaults import DEFAULT_SEGMENT_SECONDS
 from .errors import StvsrError
+from .files import held_elsewhere
 
 try:
     import fcntl  # the work folder's lock; POSIX only
@@ -137,7 +137,7 @@ class WorkFolder:
         """Start a new work folder, or with `resume` check that the one there
         is this run's; the indices of the segments still to do. Refuses, in
         one line, a folder left by a run it would not continue."""
-        if self.path.exists() and self._held_elsewhere():
+        if self.path.exists() and held_elsewhere(self.path / ".lock"):
             raise StvsrError(f"another stvsr run is writing {self.output.name} right now (its work is in "
                              f"{self.path}); wait for it to finish")
         if self.path.exists() and not resume and not self.finished():
@@ -198,17 +198,6 @@ class WorkFolder:
     def remove(self) -> None:
         self.unlock()
         shutil.rmtree(self.path, ignore_errors=True)
-
-    def _held_elsewhere(self) -> bool:
-        lock = self.path / ".lock"
-        if fcntl is None or not lock.exists():
-            return False
-        with lock.open("ab") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-        return False
 
     def _state(self) -> dict:
         try:

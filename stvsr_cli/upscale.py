@@ -62,7 +62,6 @@ from .encode import (
 )
 from .errors import StvsrError
 from .segments import (
-    DEFAULT_SEGMENT_SECONDS,
     Segment,
     WorkFolder,
     describe,
@@ -72,6 +71,7 @@ from .segments import (
 )
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
+from .defaults import DEFAULT_SEGMENT_SECONDS
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
 

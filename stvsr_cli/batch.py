@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .distributed import Ranks
 from .errors import StvsrError
+from .files import write_atomically
 from .stream import load_upscaler
 from .upscale import Progress, UpscaleOptions, UpscaleResult, upscale_video
 
@@ -124,7 +124,5 @@ def upscale_batch(
 
 def write_json(items: list[BatchItem], path: Path | str) -> None:
     """The per-input results as a JSON list, written atomically."""
-    path = Path(path)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps([dataclasses.asdict(item) for item in items], indent=2) + "\n")
-    os.replace(partial, path)
+    text = json.dumps([dataclasses.asdict(item) for item in items], indent=2) + "\n"
+    write_atomically(path, lambda temporary: temporary.write_text(text))

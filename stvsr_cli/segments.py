@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import StvsrError
-from .files import held_elsewhere
+from .files import held_elsewhere, write_atomically
 
 try:
     import fcntl  # the work folder's lock; POSIX only
@@ -208,9 +208,8 @@ class WorkFolder:
     @staticmethod
     def _write(path: Path, value: dict) -> None:
         """Atomically: a reader sees all of it or nothing."""
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(value, indent=1, sort_keys=True, default=str))
-        os.replace(partial, path)
+        text = json.dumps(value, indent=1, sort_keys=True, default=str)
+        write_atomically(path, lambda temporary: temporary.write_text(text))
 
 
 def _difference(old: dict, new: dict) -> str:

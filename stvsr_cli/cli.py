@@ -631,12 +631,13 @@ def _warnings_to(console):
 
 
 @main.command()
-@click.argument("data", nargs=-1, required=True)
+@click.argument("data", nargs=-1)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
 @click.option("--preset", type=click.Choice(list(PRESETS)),
               help="Network of a new run: a MEGAN size, or zsm for Zooming Slow-Mo.  [default: paper]")
 @click.option("--init", type=click.Path(dir_okay=False, path_type=Path), help="Start from these weights.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint, with the DATA "
+                                            "and options it started with (give only what should change, such as --workers).")
 @click.option("--motion-prior", type=click.Choice(["flow", "none"]),
               help="Give the network (the preset's, or --init's) an optical-flow motion prior, or take it away.  "
                    "[default: as the preset or --init has it]")
@@ -659,7 +660,8 @@ def _warnings_to(console):
                help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU (bf16 there only when asked).")
 @click.option("--workers", type=int, help="Data loading processes.  [default: CPU cores, at most 8]")
 @_train_option("--max-bad-steps", type=int, help="Stop after this many non-finite steps in a row.")
-def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> None:
+@click.pass_context
+def train(ctx: click.Context, data: tuple[str, ...], out: Path, workers: int | None, **options) -> None:
     """Train MEGAN (or Zooming Slow-Mo) on videos, frame folders, photos or Vimeo-90K.
 
     Each DATA is detected by its layout: a video file or a folder of videos;
@@ -681,7 +683,7 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
       stvsr train my-clips/ --out runs/try --preset tiny --iters 50
       stvsr train my-videos/ --val vid4 --out runs/cpu --preset small --iters 2000 --batch 4
       stvsr train vimeo_septuplet --val vid4 --out runs/paper
-      stvsr train vimeo_septuplet --val vid4 --out runs/paper --resume
+      stvsr train --out runs/paper --resume
       stvsr train vimeo_septuplet --val vid4 --out runs/zsm-ft --init xiang2020zooming.pth --lr 1e-5
       torchrun --nproc_per_node 4 -m stvsr_cli train vimeo_septuplet --out runs/paper
     """
@@ -690,8 +692,15 @@ def train(data: tuple[str, ...], out: Path, workers: int | None, **options) -> N
     from .train import TrainOptions, train as run_training
 
     extra = {} if workers is None else {"workers": workers}
+    if options["resume"]:  # what the run started with, under what this command line gives
+        del options["resume"]
+        given = {name: value for name, value in options.items()
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+        train_options = TrainOptions.resuming(out, data=data, **given, **extra)
+    else:
+        train_options = TrainOptions(data=data, out=out, **options, **extra)
     with _warnings_to(Console(stderr=True)):
-        result = run_training(TrainOptions(data=data, out=out, **options, **extra))
+        result = run_training(train_options)
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
     click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")

@@ -12,8 +12,9 @@ beside the code they configure; their shared defaults are in `defaults.py`).
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -89,6 +90,34 @@ class TrainOptions:
         if self.motion_prior is not None and self.motion_prior not in MOTION_PRIORS:
             problems.append(f"--motion-prior must be one of {', '.join(MOTION_PRIORS)} (got {self.motion_prior!r})")
         _check(problems)
+
+    @classmethod
+    def resuming(cls, out: str | Path, **given) -> TrainOptions:
+        """The options that continue the run in `out`: those it started with
+        (its options.json), with `given` over them, so `stvsr train --out RUN
+        --resume` needs nothing else. A given recipe value that differs from
+        the run's is still refused when the run opens (`train._open_run`)."""
+        out = Path(out)
+        record = out / "options.json"
+        try:
+            recorded = json.loads(record.read_text())["options"]
+        except FileNotFoundError:
+            if not given.get("data"):
+                raise StvsrError(f"--resume: {out} holds no run (no {record.name}); give DATA and the run's options, "
+                                 "or start a new run without --resume") from None
+            recorded = {}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise StvsrError(f"--resume: cannot read {record} ({error}); give DATA and the run's options again") from None
+        # `out`, `resume` and `quiet` are this invocation's; everything else continues as recorded
+        names = {f.name for f in fields(cls)} - {"out", "resume", "quiet"}
+        values = {name: recorded[name] for name in names if name in recorded}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        for name in ("init",):
+            if values.get(name) is not None:
+                values[name] = Path(values[name])
+        values.update({name: value for name, value in given.items() if value is not None and value != ()})
+        return cls(out=out, resume=True, **values)
 
     def recipe(self) -> dict:
         values = {name: getattr(self, name) for name in RECIPE}

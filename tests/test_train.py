@@ -97,6 +97,47 @@ def test_resume_refuses_a_changed_recipe_and_a_new_run_refuses_an_old_folder(tmp
         train(options([data], tmp_path / "new", preset="tiny", resume=True))
 
 
+def test_resume_on_the_command_line_needs_only_the_run_folder(tmp_path, monkeypatch):
+    """`stvsr train --out RUN --resume` continues with the DATA, recipe and
+    validation the run started with; a recipe value given anew must still match."""
+    data = make_layout("clips", tmp_path)
+    val = write_frames(tmp_path / "val" / "clip", 7)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--out", str(run), "--preset", "tiny", "--iters", "4", "--batch", "1",
+            "--crop", str(CROP), "--lr", "2e-3", "--seed", "5", "--save-every", "2", "--log-every", "2",
+            "--val", str(val.parent), "--val-every", "2", "--workers", "0"]
+    straight = CliRunner().invoke(main, [*args[:3], str(tmp_path / "straight"), *args[4:]])
+    assert straight.exit_code == 0, straight.output
+
+    import stvsr_cli.train as training
+
+    save = training.save_checkpoint
+
+    def save_then_die(path, state, rng):
+        save(path, state, rng)
+        raise KeyboardInterrupt  # stopped right after the checkpoint of step 2
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    assert CliRunner().invoke(main, args).exit_code != 0
+    monkeypatch.setattr(training, "save_checkpoint", save)
+
+    changed = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--iters", "8"])
+    assert changed.exit_code == 1 and "--iters 4 (not 8)" in changed.output
+    resumed = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--workers", "0"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "trained 4 steps" in resumed.output and "best validation PSNR-Y" in resumed.output
+    a, b = load_model(tmp_path / "straight" / "last.safetensors"), load_model(run / "last.safetensors")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+    nothing = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "nothing"), "--resume"])
+    assert nothing.exit_code == 1
+    assert nothing.output.strip() == (f"stvsr: error: --resume: {tmp_path / 'nothing'} holds no run (no options.json); "
+                                      "give DATA and the run's options, or start a new run without --resume")
+    no_data = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "new")])
+    assert no_data.exit_code == 1 and "give at least one DATA source" in no_data.output
+
+
 def test_motion_prior_is_added_to_init_weights_and_kept_by_the_run(tmp_path):
     """--motion-prior flow fine-tunes weights trained without the prior (it
     adds no parameters); the run's weights record it, and --resume keeps it."""

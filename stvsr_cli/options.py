@@ -111,6 +111,10 @@ class TrainOptions:
         # `out`, `resume` and `quiet` are this invocation's; everything else continues as recorded
         names = {f.name for f in fields(cls)} - {"out", "resume", "quiet"}
         values = {name: recorded[name] for name in names if name in recorded}
+        started_in = recorded.get("cwd")  # DATA and --val paths are relative to it (older runs: not recorded)
+        if started_in:
+            for name in ("data", "val"):
+                values[name] = [_from_folder(spec, Path(started_in)) for spec in values.get(name, ())]
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
         for name in ("init",):
@@ -124,6 +128,14 @@ class TrainOptions:
         values["init"] = None if self.init is None else str(self.init)
         values["betas"] = [float(beta) for beta in self.betas]
         return values
+
+
+def _from_folder(spec: str, folder: Path) -> str:
+    """A DATA argument (`PATH` or `KIND:PATH`) given in `folder`, as this working directory reads it."""
+    kind, sep, path = spec.partition(":")
+    if not (sep and kind.isalpha() and len(kind) > 1):  # no KIND: prefix (a drive letter is one letter)
+        kind, sep, path = "", "", spec
+    return kind + sep + str(folder / path) if not Path(path).is_absolute() else spec
 
 
 @dataclass(frozen=True)

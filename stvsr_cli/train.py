@@ -594,6 +594,7 @@ def _describe(options: TrainOptions, checkpoint: dict | None) -> str:
 def _write_options(run_dir: Path, options: TrainOptions, config: NetworkConfig) -> None:
     values = {k: (str(v) if isinstance(v, Path) else list(map(str, v)) if k in ("data", "val") else v)
               for k, v in dataclasses.asdict(options).items()}
+    values["cwd"] = os.getcwd()  # what relative DATA and --val paths are relative to, for --resume
     text = json.dumps({"stvsr_version": __version__, "options": values, "network": config.to_dict(),
                        "network_name": config.network}, indent=2)
     write_atomically(run_dir / "options.json", lambda temporary: temporary.write_text(text + "\n"))

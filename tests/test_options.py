@@ -5,6 +5,7 @@ one line a user can act on."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,15 @@ def test_the_defaults_are_valid():
     TrainOptions(data=["x"], out="run")
     for options_class in (BenchOptions, UpscaleOptions, EvalOptions, EncodeOptions):
         options_class()
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("clips", "/start/clips"),
+    ("objects:../photos", "objects:/start/../photos"),
+    ("/data/vimeo", "/data/vimeo"),
+    ("vimeo:/data/vimeo", "vimeo:/data/vimeo"),
+])
+def test_a_resumed_run_reads_its_data_paths_from_where_it_started(spec, expected):
+    from stvsr_cli.options import _from_folder
+
+    assert _from_folder(spec, Path("/start")) == expected

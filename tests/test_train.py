@@ -99,13 +99,15 @@ def test_resume_refuses_a_changed_recipe_and_a_new_run_refuses_an_old_folder(tmp
 
 def test_resume_on_the_command_line_needs_only_the_run_folder(tmp_path, monkeypatch):
     """`stvsr train --out RUN --resume` continues with the DATA, recipe and
-    validation the run started with; a recipe value given anew must still match."""
+    validation the run started with, from any working directory; a recipe
+    value given anew must still match."""
     data = make_layout("clips", tmp_path)
     val = write_frames(tmp_path / "val" / "clip", 7)
     run = tmp_path / "run"
-    args = ["train", str(data), "--out", str(run), "--preset", "tiny", "--iters", "4", "--batch", "1",
+    monkeypatch.chdir(tmp_path)  # DATA and --val given relative to where the run starts
+    args = ["train", "clips:" + data.name, "--out", str(run), "--preset", "tiny", "--iters", "4", "--batch", "1",
             "--crop", str(CROP), "--lr", "2e-3", "--seed", "5", "--save-every", "2", "--log-every", "2",
-            "--val", str(val.parent), "--val-every", "2", "--workers", "0"]
+            "--val", "val", "--val-every", "2", "--workers", "0"]
     straight = CliRunner().invoke(main, [*args[:3], str(tmp_path / "straight"), *args[4:]])
     assert straight.exit_code == 0, straight.output
 
@@ -120,6 +122,8 @@ def test_resume_on_the_command_line_needs_only_the_run_folder(tmp_path, monkeypa
     monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     assert CliRunner().invoke(main, args).exit_code != 0
     monkeypatch.setattr(training, "save_checkpoint", save)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
 
     changed = CliRunner().invoke(main, ["train", "--out", str(run), "--resume", "--iters", "8"])
     assert changed.exit_code == 1 and "--iters 4 (not 8)" in changed.output

@@ -372,7 +372,7 @@ def open_source(spec: str | Path, size: int, *, validation: bool = False) -> Sou
     that large. A Vimeo-90K root gives `sep_testlist.txt` for validation
     (if it has one) and `sep_trainlist.txt` for training.
     """
-    kind, path = _split_kind(str(spec))
+    kind, path = split_kind(str(spec))
     if not path.exists():
         raise StvsrError(
             f"{path} does not exist; give a video, a folder of clips, a folder of photos or a Vimeo-90K root"
@@ -402,7 +402,8 @@ def open_source(spec: str | Path, size: int, *, validation: bool = False) -> Sou
     return StillSource(path, images, size)
 
 
-def _split_kind(spec: str) -> tuple[str | None, Path]:
+def split_kind(spec: str) -> tuple[str | None, Path]:
+    """A DATA argument as (KIND or None, PATH): `KIND:PATH` forces a layout, anything else is a path."""
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in KINDS:
         return prefix, Path(rest)

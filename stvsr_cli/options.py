@@ -117,9 +117,8 @@ class TrainOptions:
                 values[name] = [_from_folder(spec, Path(started_in)) for spec in values.get(name, ())]
         if "betas" in values:
             values["betas"] = tuple(values["betas"])
-        for name in ("init",):
-            if values.get(name) is not None:
-                values[name] = Path(values[name])
+        if values.get("init") is not None:
+            values["init"] = Path(values["init"])
         values.update({name: value for name, value in given.items() if value is not None and value != ()})
         return cls(out=out, resume=True, **values)
 
@@ -132,10 +131,12 @@ class TrainOptions:
 
 def _from_folder(spec: str, folder: Path) -> str:
     """A DATA argument (`PATH` or `KIND:PATH`) given in `folder`, as this working directory reads it."""
-    kind, sep, path = spec.partition(":")
-    if not (sep and kind.isalpha() and len(kind) > 1):  # no KIND: prefix (a drive letter is one letter)
-        kind, sep, path = "", "", spec
-    return kind + sep + str(folder / path) if not Path(path).is_absolute() else spec
+    from .data import split_kind  # imports PyTorch: here, only when a run is resumed, not when --help loads
+
+    kind, path = split_kind(spec)
+    if path.is_absolute():
+        return spec
+    return (f"{kind}:" if kind else "") + str(folder / path)
 
 
 @dataclass(frozen=True)

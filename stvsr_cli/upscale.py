@@ -45,6 +45,7 @@ from torch import Tensor
 
 from . import __version__
 from .decode import VideoInfo, decode, probe
+from .defaults import DEFAULT_SEGMENT_SECONDS
 from .distributed import Ranks
 from .encode import (
     EncodeOptions,
@@ -71,7 +72,6 @@ from .segments import (
 )
 from .inference import Upscaler
 from .stream import check_run_options, load_upscaler, upscale_frames
-from .defaults import DEFAULT_SEGMENT_SECONDS
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
 

@@ -102,7 +102,7 @@ def test_resume_on_the_command_line_needs_only_the_run_folder(tmp_path, monkeypa
     validation the run started with, from any working directory; a recipe
     value given anew must still match."""
     data = make_layout("clips", tmp_path)
-    val = write_frames(tmp_path / "val" / "clip", 7)
+    write_frames(tmp_path / "val" / "clip", 7)  # --val val, relative
     run = tmp_path / "run"
     monkeypatch.chdir(tmp_path)  # DATA and --val given relative to where the run starts
     args = ["train", "clips:" + data.name, "--out", str(run), "--preset", "tiny", "--iters", "4", "--batch", "1",

@@ -647,6 +647,8 @@ def _warnings_to(console):
 @_train_option("--lr-min", type=float, help="Learning rate at the end (cosine).")
 @_train_option("--betas", type=(float, float), help="Adam's betas.")
 @_train_option("--eps", type=float, help="Charbonnier loss epsilon.")
+@_train_option("--interp-weight", type=float,
+               help="Loss weight of each in-between frame against a frame at an input's time (1: the paper's mean).")
 @_train_option("--crop", type=int, help="LR crop side; HR crops are 4x.")
 @_train_option("--seed", type=int, help="Seed of the initial weights and the samples.")
 @click.option("--val", multiple=True, help="Validation data (any layout DATA takes); repeatable.")

@@ -23,7 +23,8 @@ from .defaults import DEFAULT_OVERLAP, DEFAULT_TILE
 from .errors import StvsrError
 
 # What makes one training run the same run: --resume refuses to continue with different values.
-RECIPE = ("preset", "init", "motion_prior", "iters", "batch", "lr", "lr_min", "betas", "eps", "crop", "seed")
+RECIPE = ("preset", "init", "motion_prior", "iters", "batch", "lr", "lr_min", "betas", "eps", "interp_weight", "crop",
+          "seed")
 MOTION_PRIORS = {"none": 0, "flow": 1}  # --motion-prior: MEGANConfig.motion_prior
 
 
@@ -54,6 +55,9 @@ class TrainOptions:
     lr_min: float = 1e-7
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-3  # Charbonnier epsilon
+    # the loss weight of each in-between frame (outputs 1, 3, 5 of 7) against a frame at an input's time;
+    # 1 is the paper's plain mean over all frames
+    interp_weight: float = 1.0
     crop: int = 32  # LR crop side; the HR crop is 4x
     seed: int = 0
     val: Sequence[str | Path] = ()
@@ -81,6 +85,8 @@ class TrainOptions:
             problems.append(f"need 0 < --lr-min <= --lr (got {self.lr_min} and {self.lr})")
         if self.eps <= 0:
             problems.append("--eps must be positive")
+        if not self.interp_weight > 0:
+            problems.append(f"--interp-weight must be positive (got {self.interp_weight})")
         if self.workers < 0:
             problems.append("--workers must not be negative")
         if self.preset is not None and self.preset not in PRESETS:

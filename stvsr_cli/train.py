@@ -11,6 +11,9 @@ depend on the batch or the crop. The same recipe trains Zooming Slow-Mo
 
 Choices made here:
 
+- `interp_weight` (`--interp-weight`, not in the paper) counts each
+  in-between frame (outputs 1, 3, 5) that many times in the mean over the 7
+  frames; 1, the default, is the paper's plain mean.
 - Steps whose loss (or, without a gradient scaler, gradient norm) is not
   finite are skipped, counted, and logged; `max_bad_steps` of them in a row
   stop the run with an error, before the weights are touched.
@@ -91,9 +94,28 @@ class TrainResult:
     model: Network  # the trained network (on the training device, in eval mode)
 
 
-def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3) -> Tensor:
-    """Mean of sqrt((prediction - target)^2 + eps^2), the paper's loss (sec. 3.5)."""
-    return torch.sqrt((prediction - target).square() + eps * eps).mean()
+def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3, frame_weights: Tensor | None = None) -> Tensor:
+    """Mean of sqrt((prediction - target)^2 + eps^2), the paper's loss (sec. 3.5).
+
+    With `frame_weights` (T,) for (B, T, C, H, W) frames, the weighted mean
+    of each frame's mean instead (not part of the paper: `--interp-weight`).
+    """
+    error = torch.sqrt((prediction - target).square() + eps * eps)
+    if frame_weights is None:
+        return error.mean()
+    per_frame = error.mean(dim=(0, 2, 3, 4))  # (T,)
+    return (per_frame * frame_weights).sum() / frame_weights.sum()
+
+
+def frame_weights(interp_weight: float, frames: int = 7) -> Tensor | None:
+    """Loss weights of the output frames: `interp_weight` for the in-between
+    ones (odd indices), 1 for those at the inputs' times; None for 1, the
+    plain mean, so runs without the option stay bit for bit what they were."""
+    if interp_weight == 1:
+        return None
+    weights = torch.ones(frames)
+    weights[1::2] = interp_weight
+    return weights
 
 
 def train(options: TrainOptions) -> TrainResult:
@@ -310,7 +332,7 @@ def _step(run: _Run, batch) -> float:
     state, options = run.state, run.state.options
     lr_frames, hr_frames = (t.to(run.device, non_blocking=True) for t in batch)
     loss_value, applied = _optimise(run.network, state.optimizer, state.scaler, lr_frames, hr_frames, options.eps,
-                                    run.autocast, run.world)
+                                    frame_weights(options.interp_weight, hr_frames.shape[1]), run.autocast, run.world)
     if applied:
         run.bad_in_a_row = 0
         state.interval.loss_sum += loss_value
@@ -370,8 +392,8 @@ def _save(run: _Run) -> None:
         save_checkpoint(run.run_dir / CHECKPOINT, run.state, rng)
 
 
-def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, eps: float, autocast,
-              world: int) -> tuple[float, bool]:
+def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, eps: float,
+              weights: Tensor | None, autocast, world: int) -> tuple[float, bool]:
     """One optimisation step: the loss (mean over processes), and whether the weights were updated.
 
     A non-finite loss, or without a gradient scaler a non-finite gradient
@@ -381,7 +403,7 @@ def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, 
     optimizer.zero_grad(set_to_none=True)
     with autocast:
         output = network(lr_frames)
-    loss = charbonnier(output.float(), hr_frames, eps)
+    loss = charbonnier(output.float(), hr_frames, eps, None if weights is None else weights.to(hr_frames.device))
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -551,9 +573,11 @@ def _open_run(run_dir: Path, options: TrainOptions) -> dict | None:
         raise StvsrError(f"--resume: {path} does not exist; start the run without --resume")
     checkpoint = load_checkpoint(path)
     saved, given = checkpoint["recipe"], options.recipe()
-    changed = [  # .get: checkpoints of older versions lack newer recipe fields
-        f"--{name.replace('_', '-')} {saved.get(name)} (not {given[name]})" for name in RECIPE
-        if saved.get(name) != given[name]
+    # checkpoints of older versions lack newer recipe fields: they were trained with those fields' defaults
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainOptions)}
+    saved = {name: saved.get(name, defaults[name]) for name in RECIPE}
+    changed = [
+        f"--{name.replace('_', '-')} {saved[name]} (not {given[name]})" for name in RECIPE if saved[name] != given[name]
     ]
     if changed:
         raise StvsrError(

@@ -159,6 +159,44 @@ def test_motion_prior_is_added_to_init_weights_and_kept_by_the_run(tmp_path):
         train(options([data], tmp_path / "bad", preset="tiny", motion_prior="dis"))
 
 
+def test_interp_weight_weighs_the_in_between_frames_of_the_loss():
+    """--interp-weight W: the loss is the mean of the 7 frames' means, the
+    in-between ones (1, 3, 5) counted W times; W = 1 is the plain mean."""
+    from stvsr_cli.train import frame_weights
+
+    target = torch.zeros(2, 7, 3, 4, 4)
+    prediction = torch.arange(7.0).view(1, 7, 1, 1, 1).expand(2, 7, 3, 4, 4)  # frame t is off by t everywhere
+    per_frame = torch.sqrt(torch.arange(7.0).square() + 1e-6)
+    assert frame_weights(1.0) is None
+    weights = frame_weights(3.0)
+    assert weights.tolist() == [1, 3, 1, 3, 1, 3, 1]
+    expected = (per_frame[0::2].sum() + 3 * per_frame[1::2].sum()) / (4 + 3 * 3)
+    assert torch.allclose(charbonnier(prediction, target, 1e-3, weights), expected)
+    assert torch.allclose(charbonnier(prediction, target, 1e-3, torch.ones(7)), charbonnier(prediction, target))
+
+
+def test_interp_weight_is_part_of_the_recipe(tmp_path):
+    """A run records --interp-weight, --resume refuses another value, and a
+    checkpoint written before the option existed resumes as weight 1."""
+    data = make_layout("clips", tmp_path)
+    run = tmp_path / "run"
+    train(options([data], run, preset="tiny", iters=2, save_every=2, interp_weight=2.0))
+    assert load_checkpoint(run / "checkpoint.pt")["recipe"]["interp_weight"] == 2.0
+    assert json.loads((run / "options.json").read_text())["options"]["interp_weight"] == 2.0
+    with pytest.raises(StvsrError, match=r"--interp-weight 2.0 \(not 1.0\)"):
+        train(options([data], run, preset="tiny", iters=4, save_every=2, resume=True))
+    assert TrainOptions.resuming(run, iters=4).interp_weight == 2.0
+
+    older = tmp_path / "older"
+    train(options([data], older, preset="tiny", iters=2, save_every=2))
+    checkpoint = load_checkpoint(older / "checkpoint.pt")
+    del checkpoint["recipe"]["interp_weight"]
+    torch.save(checkpoint, older / "checkpoint.pt")
+    assert train(options([data], older, preset="tiny", iters=2, save_every=2, resume=True)).step == 2
+    with pytest.raises(StvsrError, match=r"--interp-weight must be positive \(got 0.0\)"):
+        options([data], tmp_path / "bad", preset="tiny", interp_weight=0.0)
+
+
 def test_an_interrupted_checkpoint_write_leaves_the_previous_checkpoint_usable(tmp_path, monkeypatch):
     data = make_layout("clips", tmp_path)
     run = tmp_path / "run"
@@ -195,9 +233,9 @@ def test_non_finite_losses_are_skipped_and_too_many_stop_the_run(tmp_path, monke
 
     calls = []
 
-    def nan_on_second_step(prediction, target, eps=1e-3):
+    def nan_on_second_step(prediction, target, eps=1e-3, frame_weights=None):
         calls.append(1)
-        loss = charbonnier(prediction, target, eps)
+        loss = charbonnier(prediction, target, eps, frame_weights)
         return loss * float("nan") if len(calls) == 2 else loss
 
     monkeypatch.setattr(training, "charbonnier", nan_on_second_step)
@@ -206,7 +244,7 @@ def test_non_finite_losses_are_skipped_and_too_many_stop_the_run(tmp_path, monke
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert json.loads((tmp_path / "one" / "log.jsonl").read_text().splitlines()[-1])["skipped_steps"] == 1
 
-    monkeypatch.setattr(training, "charbonnier", lambda p, t, eps=1e-3: (p - t).sum() * float("inf"))
+    monkeypatch.setattr(training, "charbonnier", lambda p, t, eps=1e-3, w=None: (p - t).sum() * float("inf"))
     with pytest.raises(StvsrError, match="3 steps in a row had a non-finite loss"):
         train(options([data], tmp_path / "many", preset="tiny", max_bad_steps=3))
 

@@ -107,13 +107,13 @@ def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3, frame_wei
     return (per_frame * frame_weights).sum() / frame_weights.sum()
 
 
-def frame_weights(interp_weight: float, frames: int = 7) -> Tensor | None:
+def frame_weights(interp_weight: float, frames: int = 7, device: torch.device | str = "cpu") -> Tensor | None:
     """Loss weights of the output frames: `interp_weight` for the in-between
     ones (odd indices), 1 for those at the inputs' times; None for 1, the
     plain mean, so runs without the option stay bit for bit what they were."""
     if interp_weight == 1:
         return None
-    weights = torch.ones(frames)
+    weights = torch.ones(frames, device=device)
     weights[1::2] = interp_weight
     return weights
 
@@ -332,7 +332,8 @@ def _step(run: _Run, batch) -> float:
     state, options = run.state, run.state.options
     lr_frames, hr_frames = (t.to(run.device, non_blocking=True) for t in batch)
     loss_value, applied = _optimise(run.network, state.optimizer, state.scaler, lr_frames, hr_frames, options.eps,
-                                    frame_weights(options.interp_weight, hr_frames.shape[1]), run.autocast, run.world)
+                                    frame_weights(options.interp_weight, hr_frames.shape[1], run.device), run.autocast,
+                                    run.world)
     if applied:
         run.bad_in_a_row = 0
         state.interval.loss_sum += loss_value
@@ -403,7 +404,7 @@ def _optimise(network, optimizer, scaler, lr_frames: Tensor, hr_frames: Tensor, 
     optimizer.zero_grad(set_to_none=True)
     with autocast:
         output = network(lr_frames)
-    loss = charbonnier(output.float(), hr_frames, eps, None if weights is None else weights.to(hr_frames.device))
+    loss = charbonnier(output.float(), hr_frames, eps, weights)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -45,7 +45,8 @@ interpolation, the frames between inputs made by
 - "bicubic + repeat": repeating the previous one;
 - "bicubic + mci": ffmpeg's motion-compensated interpolation
   (`minterpolate`, `MCI_FILTER`) of the LR inputs, what a user with only
-  ffmpeg would do, run over the whole clip before scoring;
+  ffmpeg would do, run over the whole clip before scoring, with ffmpeg's
+  AVX-512 code off (`MCI_CPUFLAGS`) so that it scores the same on every CPU;
 - "bicubic + flow": the classical motion prior alone (`motion.interpolate`
   with DIS optical flow) on the LR inputs.
 
@@ -107,6 +108,10 @@ BASELINES = (BLEND, REPEAT, MCI, FLOW)
 # blocks, bidirectional search, variable-size blocks. It doubles the frame rate.
 MCI_FILTER = "minterpolate=fps={fps}:mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"
 MCI_MIN_SIDE = 32  # minterpolate refuses smaller frames: they are padded (edges repeated) for it
+# ffmpeg's AVX-512 code changes minterpolate's output: on a Zen 4 the first frame between two inputs of
+# a smoothly panning clip came out as a copy of the first input, where without AVX-512 (and on AVX2-only
+# CPUs) it is interpolated. A baseline must not depend on the CPU it is scored on, so AVX-512 is off for it.
+MCI_CPUFLAGS = "-avx512-avx512icl"
 KINDS = ("all", "reconstructed", "interpolated")
 METRICS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 DEFAULT_VIMEO_LIST = "sep_testlist.txt"
@@ -627,7 +632,7 @@ class _MotionCompensated:
             _, self.height, self.width = first.shape
             pad_h, pad_w = max(MCI_MIN_SIDE - self.height, 0), max(MCI_MIN_SIDE - self.width, 0)
             command = [
-                ffmpeg_exe(), "-v", "error", "-nostdin", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                ffmpeg_exe(), "-v", "error", "-nostdin", "-cpuflags", MCI_CPUFLAGS, "-f", "rawvideo", "-pix_fmt", "rgb24",
                 "-s", f"{self.width + pad_w}x{self.height + pad_h}", "-r", "25", "-i", "pipe:0",
                 "-vf", MCI_FILTER.format(fps=50), "-f", "rawvideo", "-pix_fmt", "rgb24", "-y", str(self._path),
             ]

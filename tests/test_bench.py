@@ -39,7 +39,10 @@ def test_network_flops_do_not_depend_on_the_deformable_path():
     assert 0 < totals[0]["deform"] < totals[0]["total"]
 
 
-def test_run_bench_reports_every_preset_with_consistent_derived_figures():
+def test_run_bench_reports_every_preset_with_consistent_derived_figures(monkeypatch):
+    import stvsr_cli.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: False)  # auto is fp32, as on a CPU without it
     report = run_bench(BenchOptions(["tiny"], [Workload(32, 24)], device="cpu", runs=1, warmup=1, end_to_end=False))
     (model,) = report.models
     assert model.preset == "tiny" and model.workload.lr_size == (6, 8) and model.precision == "float32"

@@ -70,7 +70,7 @@ def test_from_weights(tmp_path, tiny_model):
     path = tmp_path / "w.safetensors"
     save_weights(tiny_model, path)
     upscaler = Upscaler.from_weights(path, device="cpu")
-    assert upscaler.dtype == (torch.bfloat16 if inference.cpu_has_native_bf16() else torch.float32)  # auto
+    assert upscaler.dtype == resolve_precision("auto", torch.device("cpu"))
     assert (upscaler.input_frames, upscaler.output_frames, upscaler.scale) == (4, 7, 4)
 
 

@@ -91,7 +91,8 @@ def upscale_batch(
     if not folder.is_dir():
         raise StvsrError(f"{folder} is not a folder; for several inputs OUTPUT must be an existing folder")
     outputs = [output_path(input, folder, format) for input in inputs]
-    upscaler = load_upscaler(options.weights, device=ranks.device(options.device), precision=options.precision)
+    upscaler = load_upscaler(options.weights, device=ranks.device(options.device), precision=options.precision,
+                             self_ensemble=options.self_ensemble)
     seen: dict[Path, Path] = {}
     items: dict[int, BatchItem] = {}
     for index, (input, output) in enumerate(zip(inputs, outputs)):

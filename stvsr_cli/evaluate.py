@@ -150,6 +150,7 @@ class EvalOptions:
     weights: Path | None = None  # None: the shipped default weights
     device: str = "auto"
     precision: str = "auto"
+    self_ensemble: bool = False  # average over the 8 rotations and flips (`Upscaler`)
     tile: int = DEFAULT_TILE
     tile_overlap: int = DEFAULT_OVERLAP
     batch: int = 1
@@ -229,6 +230,7 @@ class EvalReport:
     data: str = ""
     weights: str = ""
     device: str = ""  # where the network ran
+    self_ensemble: bool = False  # the network's output averaged over 8 rotations and flips
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -250,6 +252,7 @@ class EvalReport:
             "weights": self.weights,
             "seconds": round(self.seconds, 3),
             "device": self.device,
+            "self_ensemble": self.self_ensemble,
             "rows": list(self.rows),
             "mean": means(lambda row, kind: self.mean(row, kind)),
             "groups": {group: means(lambda row, kind: self.mean(row, kind, group)) for group in self.groups if group},
@@ -347,11 +350,12 @@ def evaluate(data: str | os.PathLike, options: EvalOptions = EvalOptions(), prog
     if not any(clip.video is not None or clip.gt_frames >= MIN_GT_FRAMES for clip in clips):
         raise StvsrError(f"no clip in {data} has the {MIN_GT_FRAMES} GT frames an evaluation needs "
                          "(2 inputs and the frame between them)")
-    upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision)
+    upscaler = load_upscaler(options.weights, device=options.device, precision=options.precision,
+                             self_ensemble=options.self_ensemble)
     report = score_clips(clips, upscaler, options, progress)
     weights = options.weights if options.weights is not None else "the shipped default weights"
     return dataclasses.replace(report, data=str(data), weights=str(weights), seconds=time.perf_counter() - started,
-                               device=str(upscaler.device))
+                               device=str(upscaler.device), self_ensemble=upscaler.self_ensemble)
 
 
 def score_clips(clips: Sequence[Clip], upscaler: WindowUpscaler, options: EvalOptions = EvalOptions(),

@@ -23,6 +23,12 @@ from .weights import load_model
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
+# The eight symmetries of the square, as (quarter turns, left-right flip):
+# self-ensemble (Lim et al., EDSR, sec. 4.3) runs the network on each and
+# averages the outputs mapped back. Time reversal was tried as well and
+# added nothing (weights/README.md, "Self-ensemble").
+SYMMETRIES = tuple((quarter_turns, flip) for flip in (False, True) for quarter_turns in range(4))
+
 
 @runtime_checkable
 class WindowUpscaler(Protocol):
@@ -116,16 +122,24 @@ class Upscaler:
     float32 in [0, 1] on `self.device`. Sizes the network cannot take are
     padded by repeating the edge pixels and cropped back after; reduced
     precision runs under autocast, with the weights kept in fp32.
+
+    With `self_ensemble`, each window runs eight times, once for each
+    rotation and flip of its frames (`SYMMETRIES`), and the outputs, turned
+    back, are averaged: 8x the time, for a little more detail (measured in
+    weights/README.md, "Self-ensemble").
     """
 
-    def __init__(self, model: Network, device: str = "auto", precision: str = "auto") -> None:
+    def __init__(self, model: Network, device: str = "auto", precision: str = "auto",
+                 self_ensemble: bool = False) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
+        self.self_ensemble = self_ensemble
 
     @classmethod
-    def from_weights(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto") -> Upscaler:
-        return cls(load_model(path), device=device, precision=precision)
+    def from_weights(cls, path: str | os.PathLike, device: str = "auto", precision: str = "auto",
+                     self_ensemble: bool = False) -> Upscaler:
+        return cls(load_model(path), device=device, precision=precision, self_ensemble=self_ensemble)
 
     @property
     def input_frames(self) -> int:
@@ -150,7 +164,19 @@ class Upscaler:
             )
         frames = frames.to(self.device, non_blocking=True)
         frames = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+        with torch.inference_mode():
+            if not self.self_ensemble:
+                output = self._run(frames)
+            else:  # summed in place: the sum and one pass (with its turned copy) at a time
+                output = None
+                for quarter_turns, flip in SYMMETRIES:
+                    turned = _turn_back(self._run(_turn(frames, quarter_turns, flip)), quarter_turns, flip)
+                    output = turned if output is None else output.add_(turned)
+                output = output.div_(len(SYMMETRIES))
+        return output[0] if unbatched else output
 
+    def _run(self, frames: Tensor) -> Tensor:
+        """One pass: (B, n+1, 3, H, W) floats in [0, 1] -> (B, 2n+1, 3, scale*H, scale*W)."""
         b, n1, _, h, w = frames.shape
         multiple = self.model.size_multiple
         pad_h, pad_w = -h % multiple, -w % multiple
@@ -160,6 +186,21 @@ class Upscaler:
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            output = self.model(frames)[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
-        return output[0] if unbatched else output
+        with autocast:
+            return self.model(frames)[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
+
+
+def _turn(frames: Tensor, quarter_turns: int, flip: bool) -> Tensor:
+    """Flip left-right (when `flip`), then rotate `quarter_turns` x 90 degrees
+    counter-clockwise, over the last two dimensions: (..., H, W) -> (..., H, W)
+    or (..., W, H) for odd `quarter_turns`."""
+    if flip:
+        frames = frames.flip(-1)
+    return frames.rot90(quarter_turns, (-2, -1)).contiguous() if quarter_turns else frames
+
+
+def _turn_back(frames: Tensor, quarter_turns: int, flip: bool) -> Tensor:
+    """The inverse of `_turn`: rotate back, then flip back."""
+    if quarter_turns:
+        frames = frames.rot90(-quarter_turns, (-2, -1))
+    return frames.flip(-1) if flip else frames

@@ -99,11 +99,13 @@ def check_run_options(tile: int, overlap: int, batch: int) -> None:
         raise StvsrError(f"--tile {tile} is too small; use 0 (no tiling) or at least {2 * overlap + 8}")
 
 
-def load_upscaler(weights: str | os.PathLike | None, device: str = "auto", precision: str = "auto") -> Upscaler:
+def load_upscaler(weights: str | os.PathLike | None, device: str = "auto", precision: str = "auto",
+                  self_ensemble: bool = False) -> Upscaler:
     """The network of a weights file (None: the shipped weights) on `device`
-    at `precision`, with a warning when the file is an untrained placeholder."""
+    at `precision` (and with `self_ensemble`, see `Upscaler`), with a warning
+    when the file is an untrained placeholder."""
     path = Path(weights) if weights is not None else default_weights_path()
-    upscaler = Upscaler.from_weights(path, device=device, precision=precision)
+    upscaler = Upscaler.from_weights(path, device=device, precision=precision, self_ensemble=self_ensemble)
     if is_untrained(path):
         log.warning(f"{path.name} is an untrained placeholder: the output shows what the pipeline does, not a real upscale")
     return upscaler

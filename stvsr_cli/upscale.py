@@ -98,6 +98,7 @@ class UpscaleOptions:
     weights: Path | None = None  # None: the shipped default weights
     device: str = "auto"
     precision: str = "auto"
+    self_ensemble: bool = False  # average over the 8 rotations and flips (`Upscaler`)
     tile: int = DEFAULT_TILE  # LR tile size; 0 runs whole frames
     tile_overlap: int = DEFAULT_OVERLAP
     batch: int = 1  # windows (or tiles) per forward pass
@@ -170,7 +171,8 @@ def upscale_video(
     if ranks.leader:
         remove_leftovers(output)
     if upscaler is None:
-        upscaler = load_upscaler(options.weights, device=ranks.device(options.device), precision=options.precision)
+        upscaler = load_upscaler(options.weights, device=ranks.device(options.device), precision=options.precision,
+                                 self_ensemble=options.self_ensemble)
     plan = _plan(input, output, info, upscaler, options, first, end)
 
     work = WorkFolder(output)
@@ -521,6 +523,8 @@ def memory_plan(info: VideoInfo, upscaler: Upscaler, options: UpscaleOptions, fr
         "the network": _ACTIVATION_BYTES_PER_CHANNEL * config.channels * tile_pixels * batch,
         f"window outputs ({batch + 1} windows of {config.output_frames} frames)": (batch + 1) * window_outputs,
     }
+    if upscaler.self_ensemble:  # the sum so far, one pass and its turned copy, for each window of a batch
+        on_device["self-ensemble (a sum and one pass)"] = 2 * batch * window_outputs
     on_host = {
         "decoded frames": held_lr * lr_frame,
         "finished frames": _output_queue_frames(info, upscaler.scale) * frame_bytes + 2 * 3 * 4 * out_pixels,

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from conftest import perturb_zero_initialised
 from stvsr_cli import MEGAN, PRESETS, StvsrError, Upscaler, metrics, save_weights
 from stvsr_cli.cli import main
 from stvsr_cli.evaluate import (
@@ -358,6 +359,22 @@ def test_a_network_in_memory_is_scored_the_same_as_from_its_file(tmp_path):
     assert code == 0 and output == "", output
     from_file = json.loads((tmp_path / "r.json").read_text())
     assert from_file["mean"][MODEL]["all"]["psnr_y"] == pytest.approx(in_memory.mean().psnr_y, abs=1e-9)
+
+
+def test_self_ensemble_is_scored_as_the_upscaler_with_it(tmp_path):
+    write_clip(tmp_path / "clip", moving(5, 32, 24))
+    model = MEGAN(PRESETS["tiny"])
+    perturb_zero_initialised(model)  # so that turning the frames changes what the network does
+    save_weights(model, tmp_path / "tiny.safetensors")
+    plain = score(tmp_path / "clip", Upscaler(model, device="cpu", precision="fp32"))
+    ensemble = score(tmp_path / "clip", Upscaler(model, device="cpu", precision="fp32", self_ensemble=True))
+    assert ensemble.mean().psnr_y != plain.mean().psnr_y
+    code, output = run([str(tmp_path / "clip"), "--weights", str(tmp_path / "tiny.safetensors"), "--precision", "fp32",
+                        "--self-ensemble", "--json", str(tmp_path / "r.json"), "-q"])
+    assert code == 0 and output == "", output
+    from_file = json.loads((tmp_path / "r.json").read_text())
+    assert from_file["self_ensemble"] is True
+    assert from_file["mean"][MODEL]["all"]["psnr_y"] == pytest.approx(ensemble.mean().psnr_y, abs=1e-9)
 
 
 @pytest.fixture(scope="module")

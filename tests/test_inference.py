@@ -53,6 +53,43 @@ def test_wrong_window_length_is_refused(upscaler):
         upscaler(torch.rand(1, 5, 3, 8, 8))
 
 
+class Ramp(torch.nn.Module):
+    """A stand-in network whose output depends only on where a pixel is: a
+    ramp from 0 at the left edge to 1 at the right, whatever the frames."""
+
+    config = MEGAN(PRESETS["tiny"]).config
+    scale, size_multiple = 4, 4
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:  # (B, 4, 3, h, w) -> (B, 7, 3, 4h, 4w)
+        b, _, _, h, w = frames.shape
+        return torch.linspace(0, 1, 4 * w).repeat(b, 7, 3, 4 * h, 1)
+
+
+def test_self_ensemble_averages_the_eight_rotations_and_flips():
+    """A ramp turned back from each of the 8 symmetries of the square points
+    left, right, up and down twice each: their mean is 0.5 everywhere."""
+    x = torch.rand(1, 4, 3, 8, 8)
+    plain = Upscaler(Ramp(), device="cpu", precision="fp32")
+    ensemble = Upscaler(Ramp(), device="cpu", precision="fp32", self_ensemble=True)
+    torch.testing.assert_close(plain(x), torch.linspace(0, 1, 32).expand(1, 7, 3, 32, 32))
+    torch.testing.assert_close(ensemble(x), torch.full((1, 7, 3, 32, 32), 0.5))
+
+
+def test_self_ensemble_is_the_mean_of_the_network_on_each_turned_window(upscaler):
+    """On a size that is padded differently when turned (13 x 18 becomes 16 x
+    20, and 20 x 16 turned), each pass is cropped back before the mean."""
+    x = torch.rand(2, 4, 3, 13, 18)
+    expected = torch.zeros(2, 7, 3, 52, 72)
+    for flip in (False, True):
+        for quarter_turns in range(4):
+            turned = x.flip(-1) if flip else x
+            out = upscaler(turned.rot90(quarter_turns, (-2, -1))).rot90(-quarter_turns, (-2, -1))
+            expected += (out.flip(-1) if flip else out) / 8
+    ensemble = Upscaler(upscaler.model, device="cpu", precision="fp32", self_ensemble=True)
+    torch.testing.assert_close(ensemble(x), expected)
+    torch.testing.assert_close(ensemble(x[0]), expected[0])  # unbatched too
+
+
 @pytest.mark.parametrize("config", [PRESETS["tiny"], WITH_PRIOR], ids=["tiny", "tiny+prior"])
 def test_bf16_on_cpu_stays_close_to_fp32(config):
     """bf16 runs on any CPU (slowly without native bf16), convolutions and the

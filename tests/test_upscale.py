@@ -101,6 +101,17 @@ def test_tiled_and_batched_runs_match_the_plain_run_closely(tmp_path, weights):
     assert (plain - tiled).abs().mean() < 2
 
 
+def test_self_ensemble_gives_frames_close_to_the_plain_runs_but_not_the_same(tmp_path, weights):
+    source = make_video(tmp_path / "in.mp4", frames=4, width=28, height=20)
+    upscale([str(source), str(tmp_path / "plain") + "/", "-q"], weights)
+    code, output = upscale([str(source), str(tmp_path / "ensemble") + "/", "--self-ensemble", "-q"], weights)
+    assert code == 0, output
+    plain = torch.stack([read_png(p) for p in sorted((tmp_path / "plain").glob("*.png"))]).float()
+    ensemble = torch.stack([read_png(p) for p in sorted((tmp_path / "ensemble").glob("*.png"))]).float()
+    assert plain.shape == ensemble.shape == (8, 80, 112, 3)
+    assert 0 < (plain - ensemble).abs().mean() < 8
+
+
 @pytest.mark.parametrize("batch", [2, 4])
 def test_large_batches_give_the_same_frames_as_one_window_at_a_time(tmp_path, weights, batch):
     source = make_video(tmp_path / "in.mp4", frames=14, width=32, height=24, cut_at=9)
@@ -291,6 +302,10 @@ def test_the_memory_plan_counts_what_grows_with_the_frame(weights):
     assert outputs == 2 * 7 * 3 * 4 * 32000 * 32000  # two windows of 7 float32 frames of 32000x32000
     assert huge["the network"] == small["the network"]  # tiles bound the network itself
     assert huge["decoded frames"] > 1 << 30 and huge["finished frames"] > 1 << 30
+    ensemble = Upscaler(MEGAN(PRESETS["small"]), device="cpu", self_ensemble=True)
+    with_ensemble = memory_plan(info(8000, 8000), ensemble, UpscaleOptions(self_ensemble=True)).host
+    # the sum so far, and one pass beside its turned copy: two windows' outputs more
+    assert sum(with_ensemble.values()) - sum(huge.values()) == 2 * 7 * 3 * 4 * 32000 * 32000
 
 
 # --- stopped from outside -----------------------------------------------------------------------------

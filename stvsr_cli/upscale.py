@@ -231,9 +231,10 @@ def _plan(input: Path, output: str, info: VideoInfo, upscaler: Upscaler, options
     length = 1 << 62 if one else max(1, round(options.segment * info.fps))
     facts = {
         "stvsr": __version__, "input": file_facts(input), "output": Path(output).name,
-        "weights": file_facts(options.weights), "network": f"{upscaler.device.type} {upscaler.dtype}",
+        "weights": file_facts(options.weights),
+        "network": f"{upscaler.device.type} {upscaler.dtype}" + (" self-ensemble" if upscaler.self_ensemble else ""),
         "options": describe(dataclasses.replace(options, overwrite=False, resume=False, device="", precision="",
-                                                weights=None, encode=encode)),
+                                                self_ensemble=False, weights=None, encode=encode)),
         "frames": [first, end], "segment_frames": length,
     }
     return _Plan(info, first, end, size, fps, encode, plan_segments(first, end, info.frame_count, length),

@@ -106,6 +106,8 @@ def test_kill_9_then_resume_gives_the_video_of_an_unbroken_run(tmp_path, weights
     # --resume with other settings: refused in one line.
     code, text = upscale([str(video), str(output), "--segment", "0.125", "--crf", "20", "--resume", "-q"], weights)
     assert code == 1 and text.count("\n") == 1 and "encode.crf was 18, now 20" in text, text
+    code, text = upscale([str(video), str(output), "--segment", "0.125", "--self-ensemble", "--resume", "-q"], weights)
+    assert code == 1 and text.count("\n") == 1 and "network was" in text and "self-ensemble" in text, text
     assert len(list(work.glob("seg-*.json"))) >= done
 
     code, text = upscale([str(video), str(output), "--segment", "0.125", "--resume"], weights)

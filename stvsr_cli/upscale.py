@@ -524,8 +524,8 @@ def memory_plan(info: VideoInfo, upscaler: Upscaler, options: UpscaleOptions, fr
         "the network": _ACTIVATION_BYTES_PER_CHANNEL * config.channels * tile_pixels * batch,
         f"window outputs ({batch + 1} windows of {config.output_frames} frames)": (batch + 1) * window_outputs,
     }
-    if upscaler.self_ensemble:  # the sum so far, one pass and its turned copy, for each window of a batch
-        on_device["self-ensemble (a sum and one pass)"] = 2 * batch * window_outputs
+    if upscaler.self_ensemble:  # beside a pass's output, counted above: the sum so far and the pass turned back
+        on_device["self-ensemble (the sum and a pass turned back)"] = 2 * batch * window_outputs
     on_host = {
         "decoded frames": held_lr * lr_frame,
         "finished frames": _output_queue_frames(info, upscaler.scale) * frame_bytes + 2 * 3 * 4 * out_pixels,

@@ -304,7 +304,7 @@ def test_the_memory_plan_counts_what_grows_with_the_frame(weights):
     assert huge["decoded frames"] > 1 << 30 and huge["finished frames"] > 1 << 30
     ensemble = Upscaler(MEGAN(PRESETS["small"]), device="cpu", self_ensemble=True)
     with_ensemble = memory_plan(info(8000, 8000), ensemble, UpscaleOptions(self_ensemble=True)).host
-    # the sum so far, and one pass beside its turned copy: two windows' outputs more
+    # the sum so far and a pass turned back, beside the pass itself: two windows' outputs more
     assert sum(with_ensemble.values()) - sum(huge.values()) == 2 * 7 * 3 * 4 * 32000 * 32000
 
 

@@ -25,7 +25,9 @@ import torch
 
 from stvsr_cli import load_model, save_weights
 from stvsr_cli.data import TrainingSet, open_source
-from stvsr_cli.inference import Upscaler
+from stvsr_cli.frames import SCALE
+from stvsr_cli.inference import Upscaler, _turn
+from stvsr_cli.megan import LongRangeMemoryGraphAggregation
 from stvsr_cli.train import charbonnier
 
 SOURCES = ["data/split_flow/clips", "clips:data/bikes_again", "../shared/data/train/images"]
@@ -33,7 +35,7 @@ CROP = 48
 
 
 def targets(args):
-    sources = [open_source(s, CROP * 4) for s in SOURCES]
+    sources = [open_source(s, CROP * SCALE) for s in SOURCES]
     data = TrainingSet(sources, CROP, args.seed)
     teacher = Upscaler(load_model(args.weights), device="cpu", precision=args.precision, self_ensemble=True)
     lrs, hrs, outs = [], [], []
@@ -54,14 +56,13 @@ def train(args):
     parts = [torch.load(p) for p in args.targets]
     lr = torch.cat([p["lr"] for p in parts])
     hr = torch.cat([p["hr"] for p in parts])
-    teacher = torch.cat([p["teacher"] for p in parts])
+    target = torch.cat([p["teacher"] for p in parts]) if args.target == "teacher" else hr
     n = len(lr)
     print(f"{n} samples")
     torch.manual_seed(args.seed)
     model = load_model(args.init)
     model.train()
     if args.fixed_memory:  # LMGA's memory as at inference (frames 0, 2, 4, 6), not drawn at random
-        from stvsr_cli.megan import LongRangeMemoryGraphAggregation
         for m in model.modules():
             if isinstance(m, LongRangeMemoryGraphAggregation):
                 m.memory_indices = (lambda m=m: m.inference_memory)
@@ -74,22 +75,12 @@ def train(args):
     start = time.perf_counter()
     for step in range(args.iters):
         idx = order[step * args.batch:(step + 1) * args.batch]
-        # one of the 8 turns of the square for the whole batch: the teacher (an 8-way mean) turns with its input
+        # one of the 8 turns of the square for the whole batch, input and target alike (the teacher, an 8-way mean, turns with its input)
         flip, turns = int(torch.randint(2, (1,))), int(torch.randint(4, (1,)))
-        def turn(t):
-            t = t.flip(-1) if flip else t
-            return t.rot90(turns, dims=(-2, -1)).contiguous()
-        x = turn(lr[idx].float())
-        target = turn(teacher[idx].float())
-        if args.gt_weight:
-            gt = turn(hr[idx].float())
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            out = model(x)
-        out = out.float()
-        loss = charbonnier(out, target if args.target == "teacher" else turn(hr[idx].float()))
-        if args.gt_weight:
-            loss = (loss + args.gt_weight * charbonnier(out, gt)) / (1 + args.gt_weight)
+            out = model(_turn(lr[idx].float(), turns, bool(flip)))
+        loss = charbonnier(out.float(), _turn(target[idx].float(), turns, bool(flip)))
         loss.backward()
         opt.step()
         sched.step()
@@ -99,31 +90,35 @@ def train(args):
         log.flush()
         if (step + 1) % args.save_every == 0 or step + 1 == args.iters:
             save_weights(model, run / f"step{step + 1}.safetensors", torch.float16, trained=True,
-                         description=f"self-ensemble distillation step {step + 1}")
+                         description=f"tools/distill.py towards the {args.target}: step {step + 1}")
 
 
-p = argparse.ArgumentParser()
-sub = p.add_subparsers(dest="cmd", required=True)
-t = sub.add_parser("targets")
-t.add_argument("out")
-t.add_argument("--first", type=int, default=0)
-t.add_argument("--count", type=int, default=100)
-t.add_argument("--seed", type=int, default=20)
-t.add_argument("--weights", default="weights/default.safetensors")
-t.add_argument("--precision", default="bf16")
-r = sub.add_parser("train")
-r.add_argument("run")
-r.add_argument("targets", nargs="+")
-r.add_argument("--init", default="weights/default.safetensors")
-r.add_argument("--iters", type=int, default=300)
-r.add_argument("--batch", type=int, default=4)
-r.add_argument("--lr", type=float, default=1e-4)
-r.add_argument("--lr-min", type=float, default=1e-6)
-r.add_argument("--seed", type=int, default=21)
-r.add_argument("--gt-weight", type=float, default=0.0)
-r.add_argument("--precision", default="bf16")
-r.add_argument("--fixed-memory", action="store_true")
-r.add_argument("--target", choices=["teacher", "gt"], default="teacher")
-r.add_argument("--save-every", type=int, default=50)
-a = p.parse_args()
-targets(a) if a.cmd == "targets" else train(a)
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("targets")
+    t.add_argument("out")
+    t.add_argument("--first", type=int, default=0)
+    t.add_argument("--count", type=int, default=100)
+    t.add_argument("--seed", type=int, default=20)
+    t.add_argument("--weights", default="weights/default.safetensors")
+    t.add_argument("--precision", default="bf16")
+    r = sub.add_parser("train")
+    r.add_argument("run")
+    r.add_argument("targets", nargs="+")
+    r.add_argument("--init", default="weights/default.safetensors")
+    r.add_argument("--iters", type=int, default=300)
+    r.add_argument("--batch", type=int, default=4)
+    r.add_argument("--lr", type=float, default=1e-4)
+    r.add_argument("--lr-min", type=float, default=1e-6)
+    r.add_argument("--seed", type=int, default=21)
+    r.add_argument("--precision", default="bf16")
+    r.add_argument("--fixed-memory", action="store_true")
+    r.add_argument("--target", choices=["teacher", "gt"], default="teacher")
+    r.add_argument("--save-every", type=int, default=50)
+    args = p.parse_args()
+    targets(args) if args.cmd == "targets" else train(args)
+
+
+if __name__ == "__main__":
+    main()

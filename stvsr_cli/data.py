@@ -51,7 +51,9 @@ from torch.utils.data import Dataset
 
 from .decode import count_frames, probe, read_frames
 from .errors import StvsrError
-from .frames import IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, vimeo_septuplets
+from .frames import (
+    IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, turn, vimeo_septuplets,
+)
 from .metrics import quantize
 from .windows import DEFAULT_SCENE_THRESHOLD, scene_change
 
@@ -508,9 +510,7 @@ class TrainingSet(Dataset):
 def augment(hr: Tensor, rng: torch.Generator) -> Tensor:
     """(T, 3, S, S): a random one of the 8 flips and rotations, and time reversed half the time."""
     flip, turns, reverse = (int(x) for x in torch.randint(0, 4, (3,), generator=rng) % torch.tensor([2, 4, 2]))
-    if flip:
-        hr = hr.flip(-1)
-    hr = hr.rot90(turns, dims=(-2, -1))
+    hr = turn(hr, turns, bool(flip))
     if reverse:
         hr = hr.flip(0)
     return hr.contiguous()

@@ -79,6 +79,22 @@ def make_lr(hr: Tensor, scale: int = SCALE) -> Tensor:
     return quantize(lr).reshape(*hr.shape[:-2], height // scale, width // scale)
 
 
+def turn(frames: Tensor, quarter_turns: int, flip: bool) -> Tensor:
+    """Flip left-right (when `flip`), then rotate `quarter_turns` x 90 degrees
+    counter-clockwise, over the last two dimensions: (..., H, W) -> (..., H, W)
+    or (..., W, H) for odd `quarter_turns`."""
+    if flip:
+        frames = frames.flip(-1)
+    return frames.rot90(quarter_turns, (-2, -1)).contiguous() if quarter_turns else frames
+
+
+def turn_back(frames: Tensor, quarter_turns: int, flip: bool) -> Tensor:
+    """The inverse of `turn`: rotate back, then flip back."""
+    if quarter_turns:
+        frames = frames.rot90(-quarter_turns, (-2, -1))
+    return frames.flip(-1) if flip else frames
+
+
 def is_vimeo_root(folder: Path) -> bool:
     """A Vimeo-90K septuplet root: `sequences/` plus at least one list file."""
     folder = Path(folder)

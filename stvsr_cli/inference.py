@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import StvsrError
+from .frames import turn, turn_back
 from .networks import Network
 from .weights import load_model
 
@@ -170,7 +171,7 @@ class Upscaler:
             else:  # summed in place: the sum and one pass (with its turned copy) at a time
                 output = None
                 for quarter_turns, flip in SYMMETRIES:
-                    turned = _turn_back(self._run(_turn(frames, quarter_turns, flip)), quarter_turns, flip)
+                    turned = turn_back(self._run(turn(frames, quarter_turns, flip)), quarter_turns, flip)
                     output = turned if output is None else output.add_(turned)
                 output = output.div_(len(SYMMETRIES))
         return output[0] if unbatched else output
@@ -188,19 +189,3 @@ class Upscaler:
         )
         with autocast:
             return self.model(frames)[..., : h * self.scale, : w * self.scale].float().clamp_(0, 1)
-
-
-def _turn(frames: Tensor, quarter_turns: int, flip: bool) -> Tensor:
-    """Flip left-right (when `flip`), then rotate `quarter_turns` x 90 degrees
-    counter-clockwise, over the last two dimensions: (..., H, W) -> (..., H, W)
-    or (..., W, H) for odd `quarter_turns`."""
-    if flip:
-        frames = frames.flip(-1)
-    return frames.rot90(quarter_turns, (-2, -1)).contiguous() if quarter_turns else frames
-
-
-def _turn_back(frames: Tensor, quarter_turns: int, flip: bool) -> Tensor:
-    """The inverse of `_turn`: rotate back, then flip back."""
-    if quarter_turns:
-        frames = frames.rot90(-quarter_turns, (-2, -1))
-    return frames.flip(-1) if flip else frames

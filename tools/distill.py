@@ -25,8 +25,8 @@ import torch
 
 from stvsr_cli import load_model, save_weights
 from stvsr_cli.data import TrainingSet, open_source
-from stvsr_cli.frames import SCALE
-from stvsr_cli.inference import Upscaler, _turn
+from stvsr_cli.frames import SCALE, turn
+from stvsr_cli.inference import Upscaler
 from stvsr_cli.megan import LongRangeMemoryGraphAggregation
 from stvsr_cli.train import charbonnier
 
@@ -79,8 +79,8 @@ def train(args):
         flip, turns = int(torch.randint(2, (1,))), int(torch.randint(4, (1,)))
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            out = model(_turn(lr[idx].float(), turns, bool(flip)))
-        loss = charbonnier(out.float(), _turn(target[idx].float(), turns, bool(flip)))
+            out = model(turn(lr[idx].float(), turns, bool(flip)))
+        loss = charbonnier(out.float(), turn(target[idx].float(), turns, bool(flip)))
         loss.backward()
         opt.step()
         sched.step()

@@ -14,6 +14,8 @@ product; kept so that those runs can be repeated and continued.
 
 `--fixed-memory` trains with LMGA's memory fixed to the frames inference
 uses (0, 2, 4, 6) instead of drawn at random (see `megan.LongRangeMemoryGraphAggregation`).
+`--ssim-weight W` adds W * (1 - SSIM-Y) to the Charbonnier loss (not part of
+the paper; fine-tuning from version 5 tended to raise PSNR-Y and lower SSIM-Y).
 Run it from the repository root with the data folders of weights/README.md.
 """
 import argparse
@@ -22,12 +24,14 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from stvsr_cli import load_model, save_weights
 from stvsr_cli.data import TrainingSet, open_source
 from stvsr_cli.frames import SCALE, turn
 from stvsr_cli.inference import Upscaler
 from stvsr_cli.megan import LongRangeMemoryGraphAggregation
+from stvsr_cli.metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, Y_OFFSET, Y_WEIGHTS
 from stvsr_cli.train import charbonnier
 
 SOURCES = ["data/split_flow/clips", "clips:data/bikes_again", "../shared/data/train/images"]
@@ -50,6 +54,31 @@ def targets(args):
     torch.save({"first": args.first, "seed": args.seed, "lr": torch.stack(lrs), "hr": torch.stack(hrs),
                 "teacher": torch.stack(outs)}, args.out)
     print("done", args.out, f"{time.perf_counter() - start:.0f} s")
+
+
+def ssim_loss(prediction, target):
+    """1 - mean SSIM-Y of (B, T, 3, H, W) frames in [0, 1], differentiable: the
+    measure of `metrics.ssim_y` (11x11 Gaussian, sigma 1.5, valid positions),
+    without its quantisation, on Y scaled to [0, 1]."""
+    def luma(rgb):  # (B, T, 3, H, W) -> (B*T, 1, H, W)
+        r, g, b = rgb.unbind(2)
+        y = (Y_OFFSET + Y_WEIGHTS[0] * r + Y_WEIGHTS[1] * g + Y_WEIGHTS[2] * b) / 255
+        return y.reshape(-1, 1, *y.shape[-2:])
+
+    offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float32)
+    window = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    window = window / window.sum()
+
+    def blur(plane):
+        return F.conv2d(F.conv2d(plane, window.view(1, 1, -1, 1)), window.view(1, 1, 1, -1))
+
+    x, y = luma(prediction), luma(target)
+    mu_x, mu_y = blur(x), blur(y)
+    var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+    return 1 - ssim_map.mean()
 
 
 def train(args):
@@ -80,7 +109,10 @@ def train(args):
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             out = model(turn(lr[idx].float(), turns, bool(flip)))
-        loss = charbonnier(out.float(), turn(target[idx].float(), turns, bool(flip)))
+        goal = turn(target[idx].float(), turns, bool(flip))
+        loss = charbonnier(out.float(), goal)
+        if args.ssim_weight:
+            loss = loss + args.ssim_weight * ssim_loss(out.float(), goal)
         loss.backward()
         opt.step()
         sched.step()
@@ -116,6 +148,7 @@ def main():
     r.add_argument("--fixed-memory", action="store_true")
     r.add_argument("--target", choices=["teacher", "gt"], default="teacher")
     r.add_argument("--save-every", type=int, default=50)
+    r.add_argument("--ssim-weight", type=float, default=0.0, help="add this times 1 - SSIM-Y to the loss")
     args = p.parse_args()
     targets(args) if args.cmd == "targets" else train(args)
 

@@ -57,6 +57,12 @@ def ssim(pred: Tensor, target: Tensor, data_range: float) -> float:
     Only the positions whose whole 11x11 window lies inside the image are
     averaged, as scikit-image does: its reflect padding never reaches them.
     """
+    return ssim_tensor(pred, target, data_range).item()
+
+
+def ssim_tensor(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
+    """`ssim` as a float64 scalar tensor that keeps the autograd graph, so a
+    training loss can use the same measure (planes: any leading shape)."""
     _check_shapes(pred, target)
     x = pred.double().reshape(-1, 1, *pred.shape[-2:])  # (C, 1, H, W)
     y = target.double().reshape(-1, 1, *target.shape[-2:])
@@ -76,7 +82,7 @@ def ssim(pred: Tensor, target: Tensor, data_range: float) -> float:
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)) / (
         (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
     )
-    return ssim_map.mean(dim=(1, 2, 3)).mean().item()
+    return ssim_map.mean(dim=(1, 2, 3)).mean()
 
 
 def psnr_y(pred: Tensor, target: Tensor) -> float:

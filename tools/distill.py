@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from stvsr_cli import load_model, save_weights
 from stvsr_cli.data import TrainingSet, open_source
 from stvsr_cli.frames import SCALE, turn
 from stvsr_cli.inference import Upscaler
 from stvsr_cli.megan import LongRangeMemoryGraphAggregation
-from stvsr_cli.metrics import SSIM_K1, SSIM_K2, SSIM_RADIUS, SSIM_SIGMA, Y_OFFSET, Y_WEIGHTS
+from stvsr_cli.metrics import rgb_to_y, ssim_tensor
 from stvsr_cli.train import charbonnier
 
 SOURCES = ["data/split_flow/clips", "clips:data/bikes_again", "../shared/data/train/images"]
@@ -58,27 +57,8 @@ def targets(args):
 
 def ssim_loss(prediction, target):
     """1 - mean SSIM-Y of (B, T, 3, H, W) frames in [0, 1], differentiable: the
-    measure of `metrics.ssim_y` (11x11 Gaussian, sigma 1.5, valid positions),
-    without its quantisation, on Y scaled to [0, 1]."""
-    def luma(rgb):  # (B, T, 3, H, W) -> (B*T, 1, H, W)
-        r, g, b = rgb.unbind(2)
-        y = (Y_OFFSET + Y_WEIGHTS[0] * r + Y_WEIGHTS[1] * g + Y_WEIGHTS[2] * b) / 255
-        return y.reshape(-1, 1, *y.shape[-2:])
-
-    offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float32)
-    window = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
-    window = window / window.sum()
-
-    def blur(plane):
-        return F.conv2d(F.conv2d(plane, window.view(1, 1, -1, 1)), window.view(1, 1, 1, -1))
-
-    x, y = luma(prediction), luma(target)
-    mu_x, mu_y = blur(x), blur(y)
-    var_x, var_y = blur(x * x) - mu_x ** 2, blur(y * y) - mu_y ** 2
-    cov = blur(x * y) - mu_x * mu_y
-    c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
-    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
-    return 1 - ssim_map.mean()
+    measure of `metrics.ssim_y` without its 8-bit quantisation."""
+    return 1 - ssim_tensor(rgb_to_y(prediction), rgb_to_y(target), data_range=255)
 
 
 def train(args):

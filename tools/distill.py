@@ -1,5 +1,5 @@
 """Fine-tuning on a fixed set of training windows, towards the ground truth or
-towards the weights' own self-ensemble: the experiment behind runs 17 to 24
+towards the weights' own self-ensemble: the experiment behind runs 17 to 26
 of weights/README.md ("Tried after version 5, not shipped"). Not part of the
 product; kept so that those runs can be repeated and continued.
 

@@ -49,7 +49,6 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .decode import count_frames, probe, read_frames
 from .errors import StvsrError
 from .frames import (
     IMAGE_SUFFIXES, SCALE, is_vimeo_root, list_frames, make_lr, read_clip, read_frame, turn, vimeo_septuplets,
@@ -155,6 +154,9 @@ class VideoSource(Source):
     kind = "videos"
 
     def __init__(self, path: Path, files: list[Path], size: int) -> None:
+        # Imported here: frame folders and photos train without PyAV (a GPU machine's image may lack it).
+        from .decode import count_frames, probe
+
         self.path = path
         self.files, self.infos, self.counts = [], [], []
         for file in files:
@@ -173,6 +175,8 @@ class VideoSource(Source):
         return int(self.starts[-1])
 
     def _decode(self, index: int) -> Tensor | None:
+        from .decode import read_frames
+
         video = int(torch.searchsorted(self.starts, index, right=True)) - 1
         frames = read_frames(self.infos[video], index - int(self.starts[video]), SEPTUPLET)
         if len(frames) < SEPTUPLET:  # past the end

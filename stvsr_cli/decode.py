@@ -39,11 +39,16 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
-from av.video.reformatter import Interpolation, VideoReformatter
 
 from .errors import StvsrError
+
+try:
+    import av
+    from av.video.reformatter import Interpolation, VideoReformatter
+except ImportError as error:  # a dependency, but training and scoring frame folders run without it
+    raise StvsrError(f"reading video files needs PyAV, which does not import here ({error}); "
+                     "install it (pip install av) or give folders of frames") from error
 
 log = logging.getLogger("stvsr")
 

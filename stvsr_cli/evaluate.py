@@ -79,7 +79,6 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from . import metrics, motion
-from .decode import decode, probe
 from .errors import StvsrError, first_line
 from .files import write_atomically
 from .frames import (
@@ -291,6 +290,9 @@ def find_clips(data: str | os.PathLike, lists: Sequence[str] = ()) -> list[Clip]
     if not data.is_dir():
         if lists:
             raise StvsrError(f"--list names Vimeo-90K list files, but {data} is a file")
+        # Imported here, as in _VideoReader: frame folders are scored without PyAV.
+        from .decode import probe
+
         info = probe(data)  # refuses what is not a readable video, in one line
         return [Clip(name=data.stem, gt=(), video=data, video_frames=info.frame_count or 0)]
     if is_vimeo_root(data):
@@ -453,6 +455,8 @@ class _VideoReader:
     """
 
     def __init__(self, clip: Clip, scale: int) -> None:
+        from .decode import decode, probe
+
         self.clip, self.scale = clip, scale
         self.info = probe(clip.video)
         self.full = (self.info.width, self.info.height)

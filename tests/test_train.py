@@ -371,3 +371,29 @@ def test_a_cpu_run_of_more_than_a_day_is_warned_about(caplog):
         _report_pace(console, 5.0, 1_000, torch.device("cpu"))
         _report_pace(console, 5.0, 19_996, torch.device("meta"))  # not a CPU: no warning
     assert [r.getMessage().split(";")[0] for r in caplog.records] == ["on the CPU this run would take about 1.2 days"]
+
+
+def test_frame_folders_train_and_score_without_pyav_and_a_video_then_gets_one_line(tmp_path):
+    """A GPU machine's image may lack PyAV: frames need no video decoder, and
+    a video there says what is missing instead of a traceback."""
+    data = make_layout("clips", tmp_path)
+    val = write_frames(tmp_path / "val" / "clip" / "GT", 7)
+    make_layout("videos", tmp_path)
+    without_pyav = "import sys; sys.modules['av'] = None; from stvsr_cli.cli import main; main()"
+    run = tmp_path / "run"
+    train_args = ["train", str(data), "--out", str(run), "--preset", "tiny", "--iters", "2", "--batch", "1",
+                  "--crop", str(CROP), "--workers", "0", "--device", "cpu"]
+    eval_args = ["eval", str(val.parent.parent), "--weights", str(run / "last.safetensors"), "--device", "cpu",
+                 "--json", str(tmp_path / "scores.json"), "-q"]
+    video_args = ["eval", str(tmp_path / "videos" / "a.mp4"), "--weights", str(run / "last.safetensors")]
+    results = [subprocess.run([sys.executable, "-c", without_pyav, *args], capture_output=True, text=True)
+               for args in (train_args, eval_args, video_args)]
+    for result in results[:2]:
+        assert result.returncode == 0, result.stderr
+    assert (run / "last.safetensors").exists()
+    assert json.loads((tmp_path / "scores.json").read_text())["clips"][0]["name"] == "clip"
+    assert results[2].returncode == 1
+    assert results[2].stderr.strip() == (
+        "stvsr: error: reading video files needs PyAV, which does not import here "
+        "(import of av halted; None in sys.modules); install it (pip install av) or give folders of frames"
+    )

@@ -670,8 +670,12 @@ def _warnings_to(console):
                help="auto: bf16 or fp16 mixed precision on a GPU, fp32 on the CPU (bf16 there only when asked).")
 @click.option("--workers", type=int, help="Data loading processes.  [default: CPU cores, at most 8]")
 @_train_option("--max-bad-steps", type=int, help="Stop after this many non-finite steps in a row.")
+@click.option("--stop-after", metavar="DURATION",
+              help="Stop cleanly once this much time has passed (45m, 8h, 1h30m), writing the checkpoint and "
+                   "last.safetensors; --resume continues the run.")
 @click.pass_context
-def train(ctx: click.Context, data: tuple[str, ...], out: Path, workers: int | None, **options) -> None:
+def train(ctx: click.Context, data: tuple[str, ...], out: Path, workers: int | None, stop_after: str | None,
+          **options) -> None:
     """Train MEGAN (or Zooming Slow-Mo) on videos, frame folders, photos or Vimeo-90K.
 
     Each DATA is detected by its layout: a video file or a folder of videos;
@@ -693,15 +697,18 @@ def train(ctx: click.Context, data: tuple[str, ...], out: Path, workers: int | N
       stvsr train my-clips/ --out runs/try --preset tiny --iters 50
       stvsr train my-videos/ --val vid4 --out runs/cpu --preset small --iters 2000 --batch 4
       stvsr train vimeo_septuplet --val vid4 --out runs/paper
-      stvsr train --out runs/paper --resume
+      stvsr train --out runs/paper --resume --stop-after 8h
       stvsr train vimeo_septuplet --val vid4 --out runs/zsm-ft --init xiang2020zooming.pth --lr 1e-5
       torchrun --nproc_per_node 4 -m stvsr_cli train vimeo_septuplet --out runs/paper
     """
     from rich.console import Console
 
+    from .options import parse_duration
     from .train import TrainOptions, train as run_training
 
     extra = {} if workers is None else {"workers": workers}
+    if stop_after is not None:
+        extra["stop_after"] = parse_duration(stop_after)
     if options["resume"]:  # what the run started with, under what this command line gives
         del options["resume"]
         given = {name: value for name, value in options.items()
@@ -713,7 +720,9 @@ def train(ctx: click.Context, data: tuple[str, ...], out: Path, workers: int | N
         result = run_training(train_options)
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     best = "" if result.best_psnr is None else f", best validation PSNR-Y {result.best_psnr:.2f} dB"
-    click.echo(f"trained {result.step} steps, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")
+    steps = (f"stopped at step {result.step} of {train_options.iters} (--stop-after; --resume continues)"
+             if result.stopped else f"trained {result.step} steps")
+    click.echo(f"{steps}, last loss {loss}{best}; weights: {result.run_dir / 'last.safetensors'}")
 
 
 @main.command()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Sequence
@@ -70,6 +71,10 @@ class TrainOptions:
     precision: str = "auto"
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     max_bad_steps: int = 10
+    # seconds: stop cleanly (checkpoint and last.safetensors written) after the step during which this much
+    # time has passed since `train` was called, for a run that must end by a deadline (a night, a rented
+    # machine); `--resume` continues it on the same schedule. This invocation's, like `quiet`: not recorded
+    stop_after: float | None = None
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -93,6 +98,8 @@ class TrainOptions:
             problems.append(f"--preset must be one of {', '.join(PRESETS)} (got {self.preset!r})")
         if self.preset is not None and self.init is not None:
             problems.append("--init's weights define the network; drop --preset")
+        if self.stop_after is not None and not self.stop_after > 0:
+            problems.append(f"--stop-after must be a positive duration (got {self.stop_after} s)")
         if self.motion_prior is not None and self.motion_prior not in MOTION_PRIORS:
             problems.append(f"--motion-prior must be one of {', '.join(MOTION_PRIORS)} (got {self.motion_prior!r})")
         _check(problems)
@@ -114,8 +121,8 @@ class TrainOptions:
             recorded = {}
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise StvsrError(f"--resume: cannot read {record} ({error}); give DATA and the run's options again") from None
-        # `out`, `resume` and `quiet` are this invocation's; everything else continues as recorded
-        names = {f.name for f in fields(cls)} - {"out", "resume", "quiet"}
+        # `out`, `resume`, `stop_after` and `quiet` are this invocation's; everything else continues as recorded
+        names = {f.name for f in fields(cls)} - {"out", "resume", "stop_after", "quiet"}
         values = {name: recorded[name] for name in names if name in recorded}
         started_in = recorded.get("cwd")  # DATA and --val paths are relative to it (older runs: not recorded)
         if started_in:
@@ -133,6 +140,17 @@ class TrainOptions:
         values["init"] = None if self.init is None else str(self.init)
         values["betas"] = [float(beta) for beta in self.betas]
         return values
+
+
+_UNITS = {"h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `45m`, `8h`, `1h30m` or `90s` (`--stop-after`)."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text.strip())
+    if not text.strip() or match is None:
+        raise StvsrError(f"{text!r} is not a duration: give one such as 45m, 8h, 1h30m or 90s")
+    return sum(float(value) * _UNITS[unit] for value, unit in zip(match.groups(), "hms") if value)
 
 
 def _from_folder(spec: str, folder: Path) -> str:

@@ -33,6 +33,11 @@ Choices made here:
   recipe; it is written atomically, so a crash during a write leaves the
   previous one usable. `--resume` continues from it exactly: on the CPU the
   weights equal an uninterrupted run's bit for bit.
+- `stop_after` (`--stop-after`) ends a run at a deadline: after the step
+  during which that much time has passed since `train` was called, with a
+  checkpoint and last.safetensors, so `--resume` continues it. Under
+  `torchrun` rank 0's clock decides for all processes (a broadcast each
+  step), so every process stops after the same step.
 - Validation here is a quick check: the PSNR on Y (`metrics.psnr_y`) of
   every output frame of septuplets (7 HR frames) of the validation data,
   inputs made with `frames.make_lr` from frames 0, 2, 4, 6, septuplets
@@ -94,6 +99,7 @@ class TrainResult:
     best_psnr: float | None  # best validation PSNR-Y in dB, if validated
     skipped_steps: int  # steps skipped for a non-finite loss or gradient
     model: Network  # the trained network (on the training device, in eval mode)
+    stopped: bool = False  # stopped by `stop_after` before the last step; `--resume` continues
 
 
 def charbonnier(prediction: Tensor, target: Tensor, eps: float = 1e-3, frame_weights: Tensor | None = None) -> Tensor:
@@ -123,9 +129,10 @@ def frame_weights(interp_weight: float, frames: int = 7, device: torch.device | 
 def train(options: TrainOptions) -> TrainResult:
     """Train the network as `options` say; see the module docstring for the recipe."""
     options.check()
+    deadline = None if options.stop_after is None else time.monotonic() + options.stop_after
     rank, world, device, started_here = _start_processes(options.device)
     try:
-        return _train(options, rank, world, device)
+        return _train(options, rank, world, device, deadline)
     finally:
         if started_here:
             dist.destroy_process_group()
@@ -186,6 +193,7 @@ class _Run:
     validation: list[Tensor]  # septuplets, (7, 3, H, W) uint8
     runlog: RunLog | None  # rank 0 only
     autocast: object
+    deadline: float | None = None  # time.monotonic() at which `stop_after` stops the run
     last_loss: float | None = None  # mean loss of the last logged interval
     bad_in_a_row: int = 0
     seconds: float = 0.0  # loading and training time of the interval (validation and saving excluded)
@@ -193,9 +201,20 @@ class _Run:
     def due(self, every: int) -> bool:
         return self.state.step % every == 0 or self.state.step == self.state.options.iters
 
+    def out_of_time(self) -> bool:
+        """Whether `stop_after` has passed; rank 0's clock decides for every process, so all stop at one step."""
+        if self.deadline is None:
+            return False
+        late = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
+        if self.world > 1:
+            dist.broadcast(late, 0)
+        return bool(late.item())
 
-def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -> TrainResult:
+
+def _train(options: TrainOptions, rank: int, world: int, device: torch.device,
+           deadline: float | None) -> TrainResult:
     run = _start_run(options, rank, world, device)
+    run.deadline = deadline
     state, pace = run.state, _Pace()
     with progress_bar(run.console, enabled=not options.quiet and rank == 0) as progress:
         task = progress.add_task("train", total=options.iters, completed=state.step, loss="-", lr="-")
@@ -213,12 +232,23 @@ def _train(options: TrainOptions, rank: int, world: int, device: torch.device) -
                 _validate(run, progress.console)
             if run.due(options.save_every):
                 _save(run)
+            if state.step < options.iters and run.out_of_time():
+                break
             mark = time.perf_counter()
 
-    if rank == 0 and state.step >= options.iters:
-        save_weights(state.model, run.run_dir / "last.safetensors", description=f"stvsr train: step {state.step}")
+    stopped = state.step < options.iters
+    if stopped:  # by stop_after: keep where it stopped, for --resume and as weights
+        if not run.due(options.save_every):
+            _save(run)
+        run.console.print(f"stopped at step {state.step} of {options.iters}: --stop-after "
+                          f"{_duration(options.stop_after)} has passed; `stvsr train --out {run.run_dir} --resume` "
+                          "continues the run", highlight=False)
+    if rank == 0:
+        where = f"step {state.step} of {options.iters}, stopped by --stop-after" if stopped else f"step {state.step}"
+        save_weights(state.model, run.run_dir / "last.safetensors", description=f"stvsr train: {where}")
         run.runlog.plot()
-    return TrainResult(run.run_dir, state.step, run.last_loss, state.best, state.skipped, state.model.eval())
+    return TrainResult(run.run_dir, state.step, run.last_loss, state.best, state.skipped, state.model.eval(),
+                       stopped)
 
 
 def _start_run(options: TrainOptions, rank: int, world: int, device: torch.device) -> _Run:

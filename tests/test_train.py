@@ -22,6 +22,7 @@ from stvsr_cli import MEGAN, PRESETS, StvsrError, load_model, save_weights
 from stvsr_cli.cli import main
 from stvsr_cli.data import TrainingSet, open_source
 from stvsr_cli.train import TrainOptions, charbonnier, load_checkpoint, train
+from stvsr_cli.weights import weights_metadata
 
 sys.path.insert(0, str(Path(__file__).parent))
 from datasets import make_layout, write_frames  # noqa: E402
@@ -140,6 +141,36 @@ def test_resume_on_the_command_line_needs_only_the_run_folder(tmp_path, monkeypa
                                       "give DATA and the run's options, or start a new run without --resume")
     no_data = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "new")])
     assert no_data.exit_code == 1 and "give at least one DATA source" in no_data.output
+
+
+def test_stop_after_stops_cleanly_and_resume_finishes_as_an_uninterrupted_run(tmp_path):
+    """--stop-after 1ms has passed once the first step is done: the run stops
+    there with its checkpoint and weights, and --resume (without it) ends
+    where an unstopped run ends, bit for bit, on the same schedule."""
+    data = make_layout("clips", tmp_path)
+    run = tmp_path / "run"
+    args = ["train", str(data), "--out", str(run), "--preset", "tiny", "--iters", "4", "--batch", "1",
+            "--crop", str(CROP), "--lr", "2e-3", "--save-every", "3", "--log-every", "2", "--workers", "0"]
+    straight = CliRunner().invoke(main, [*args[:3], str(tmp_path / "straight"), *args[4:]])
+    assert straight.exit_code == 0, straight.output
+
+    stopped = CliRunner().invoke(main, [*args, "--stop-after", "0.001s"])
+    assert stopped.exit_code == 0, stopped.output
+    assert "stopped at step 1 of 4 (--stop-after; --resume continues)" in stopped.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 1
+    assert weights_metadata(run / "last.safetensors")["description"] == "stvsr train: step 1 of 4, stopped by --stop-after"
+
+    resumed = CliRunner().invoke(main, ["train", "--out", str(run), "--resume"])
+    assert resumed.exit_code == 0 and "trained 4 steps" in resumed.output, resumed.output
+    a, b = load_model(tmp_path / "straight" / "last.safetensors"), load_model(run / "last.safetensors")
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+    for bad in ("10", "soon", "0s"):
+        result = CliRunner().invoke(main, [*args[:3], str(tmp_path / "bad"), *args[4:], "--stop-after", bad])
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines()[-1].startswith("stvsr: error:"), result.output
+        assert "duration" in result.output
 
 
 def test_motion_prior_is_added_to_init_weights_and_kept_by_the_run(tmp_path):
@@ -308,23 +339,26 @@ DDP_SCRIPT = """
 import os, sys
 import torch
 from stvsr_cli.train import TrainOptions, train
+# with a third argument, --stop-after: rank 0's clock decides for both (rank 1's own limit is an hour away)
+stop_after = None if len(sys.argv) < 4 else 1e-3 if os.environ["RANK"] == "0" else 3600.0
 result = train(TrainOptions(data=[sys.argv[1]], out=sys.argv[2], preset="tiny", iters=3, batch=2, crop=8,
-                            lr=2e-3, workers=0, device="cpu", quiet=True))
+                            lr=2e-3, workers=0, device="cpu", quiet=True, stop_after=stop_after))
 torch.save(result.model.state_dict(), f"{sys.argv[2]}/rank{os.environ['RANK']}.pt")
 """
 
 
-def test_two_processes_with_ddp_keep_identical_weights(tmp_path):
+def test_two_processes_with_ddp_keep_identical_weights_and_stop_at_one_step(tmp_path):
     data = make_layout("clips", tmp_path)
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "run"
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(data), str(out)],
-        check=True, env=environment, capture_output=True, timeout=300,
-    )
+    for run, *stop in ((out,), (tmp_path / "run_stopped", "stop")):
+        subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+             str(script), str(data), str(run), *stop],
+            check=True, env=environment, capture_output=True, timeout=300,
+        )
     first, second = (torch.load(out / f"rank{rank}.pt") for rank in (0, 1))
     torch.manual_seed(0)
     initial = MEGAN(PRESETS["tiny"]).state_dict()
@@ -332,6 +366,10 @@ def test_two_processes_with_ddp_keep_identical_weights(tmp_path):
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    first, second = (torch.load(tmp_path / "run_stopped" / f"rank{rank}.pt") for rank in (0, 1))
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert load_checkpoint(tmp_path / "run_stopped" / "checkpoint.pt")["step"] == 1
 
 
 def test_an_empty_checkpoint_or_weights_file_is_one_clean_line(tmp_path):

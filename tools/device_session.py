@@ -203,9 +203,12 @@ def _machine(torch, device: str) -> dict:
             sys.exit("device_session: no CUDA device is visible; give --device cpu to try the script here")
         info["device"] = torch.cuda.get_device_name(0)
         info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True)
-        info["driver"] = smi.stdout.strip() or smi.stderr.strip()
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)
+            info["driver"] = smi.stdout.strip() or smi.stderr.strip()
+        except (OSError, subprocess.TimeoutExpired) as error:  # only a report: never worth the session
+            info["driver"] = f"nvidia-smi: {error}"
     return info
 
 

@@ -27,6 +27,8 @@ def test_the_session_trains_scores_and_leaves_what_comes_back_without_pyav(tmp_p
     for index, name in enumerate(["bikes_shot1", "bikes_shot2", "bikes_shot3", "bikes_shot4", "bikes_shot5"]):
         write_frames(package / "train" / "clips" / name, 8, first=10 * index)
     make_layout("stills", tmp_path).rename(package / "train" / "images")
+    (package / "train" / "bikes_again").mkdir()  # a link left by a trial elsewhere arrives dangling
+    (package / "train" / "bikes_again" / "bikes_shot1").symlink_to(tmp_path / "elsewhere" / "bikes_shot1")
     for clip in ("val/fast/bikes_shot0", "val/bbb/bigbuckbunny_tail", "val/carphone/carphone"):
         write_frames(package / clip / "GT", 7, width=48, height=32)
     torch.manual_seed(0)

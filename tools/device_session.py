@@ -124,9 +124,11 @@ def run(package: Path, out: Path, mode: str, minutes: float, device: str, seed: 
     # The links give the bikes shots twice the weight, as in version 5's recipe (`clips:data/bikes_again`).
     again = package / "train" / "bikes_again"
     again.mkdir(exist_ok=True)
-    for name in TRAIN_CLIPS:
-        if not (again / name).exists():
-            (again / name).symlink_to((package / "train" / "clips" / name).resolve())
+    for name in TRAIN_CLIPS:  # made anew: links from a run elsewhere (a trial here) arrive dangling
+        link = again / name
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to((package / "train" / "clips" / name).resolve())
     data = [str(package / "train" / "clips"), f"clips:{again}", f"stills:{package / 'train' / 'images'}"]
     if recipe.pop("objects"):
         data.append(f"objects:{package / 'train' / 'images'}")

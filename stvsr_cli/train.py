@@ -205,10 +205,12 @@ class _Run:
         """Whether `stop_after` has passed; rank 0's clock decides for every process, so all stop at one step."""
         if self.deadline is None:
             return False
-        late = torch.tensor([float(time.monotonic() >= self.deadline)], device=self.device)
-        if self.world > 1:
-            dist.broadcast(late, 0)
-        return bool(late.item())
+        late = time.monotonic() >= self.deadline
+        if self.world == 1:  # no tensor, so no device sync, on the step's path
+            return late
+        flag = torch.tensor([float(late)], device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
 
 
 def _train(options: TrainOptions, rank: int, world: int, device: torch.device,

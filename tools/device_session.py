@@ -105,8 +105,8 @@ def run(package: Path, out: Path, mode: str, minutes: float, device: str, seed: 
         probe_steps: int, batch: int | None, crop: int | None, sets: list[str]) -> None:
     import torch
 
-    from stvsr_cli import load_model, save_weights
-    from stvsr_cli.evaluate import EvalOptions, evaluate
+    from stvsr_cli import save_weights
+    from stvsr_cli.evaluate import MODEL, EvalOptions, evaluate
     from stvsr_cli.train import TrainOptions, train
 
     started = time.monotonic()
@@ -160,7 +160,7 @@ def run(package: Path, out: Path, mode: str, minutes: float, device: str, seed: 
     print(f"trained {result.step} of {iters} steps, last loss {result.loss}, "
           f"{(time.monotonic() - started) / 60:.1f} min so far", flush=True)
     name = f"device_{mode}_seed{seed}.safetensors"
-    save_weights(load_model(run_dir / "last.safetensors"), out / name, torch.float16, trained=True,
+    save_weights(result.model, out / name, torch.float16, trained=True,
                  description=f"tools/device_session.py --mode {mode}: {result.step} steps of batch {recipe['batch']} "
                              f"on {summary['machine']['device']}, from {recipe.get('init') or 'scratch'}")
     for file in ("log.jsonl", "options.json", "progress.png"):
@@ -174,10 +174,7 @@ def run(package: Path, out: Path, mode: str, minutes: float, device: str, seed: 
         for key in sets:
             folder = VALIDATION[key][0]
             report = evaluate(package / folder, EvalOptions(weights=weights, device=device, precision="fp32"))
-            summary["scores"].setdefault(label, {})[key] = {
-                kind: {"psnr_y": report.mean(kind=kind).psnr_y, "ssim_y": report.mean(kind=kind).ssim_y}
-                for kind in ("all", "interpolated", "reconstructed")
-            }
+            summary["scores"].setdefault(label, {})[key] = report.to_dict()["mean"][MODEL]  # as --json writes it
             _write(out / "summary.json", summary)
     _print_scores(summary["scores"])
 
